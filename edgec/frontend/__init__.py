@@ -1,0 +1,1 @@
+"""Model ingestion: safe loading, canonicalization and inspection."""

@@ -1,0 +1,61 @@
+"""Which ONNX operators edgec can lower, and why the others cannot be."""
+
+from __future__ import annotations
+
+from qonnx.core.modelwrapper import ModelWrapper
+
+from edgec.errors import UnsupportedOpsError
+
+# Ops hls4ml 1.3.0's ONNX reader turns into HLS layers (hls4ml/converters/onnx/*.py), after edgec's
+# canonicalization (Gemm -> MatMul, BatchNorm folding, channels-last conversion).
+LOWERABLE = {
+    "MatMul", "Conv", "Relu", "Tanh", "Sigmoid", "LeakyRelu", "ThresholdedRelu", "Elu", "Selu",
+    "Softmax", "Softsign", "Softplus", "HardSigmoid", "BatchNormalization", "Add", "Sub", "Mul",
+    "Div", "Max", "Min", "Sum", "Concat", "MaxPool", "GlobalMaxPool", "Flatten", "Reshape",
+    "Transpose", "Quant", "BipolarQuant", "Identity", "Dropout", "Pad",
+}
+# Ops that canonicalization removes (folded into constants or neighbouring layers).
+CANONICALIZED_AWAY = {
+    "Gemm", "Constant", "Shape", "Gather", "Unsqueeze", "Squeeze", "Cast", "ConstantOfShape",
+    "Range", "Slice", "Expand", "Pow", "Sqrt", "Trunc", "IntQuant", "QuantizeLinear",
+    "DequantizeLinear", "Clip", "Floor", "Ceil", "Round", "ReduceProd", "Equal", "Where",
+    "Neg", "Reciprocal", "Exp", "Log", "Abs", "Not", "Less", "Greater",
+}
+# Ops hls4ml reads but gets wrong or rejects in single-op tests (STACK-NOTES): reported, not lowered.
+KNOWN_BROKEN = {
+    "AveragePool": "hls4ml's ONNX reader needs a channels-last AveragePool qonnx does not produce",
+    "GlobalAveragePool": "hls4ml's GlobalAveragePool is off by up to 0.16 in C simulation",
+    "PRelu": "hls4ml's ONNX reader does not read PRelu",
+    "Resize": "hls4ml's Resize is wrong in C simulation",
+    "ConvTranspose": "hls4ml has no ONNX ConvTranspose",
+}
+# Channels-last layer ops qonnx produces for convolutional models.
+CHANNELS_LAST_DOMAIN = "qonnx.custom_op.channels_last"
+
+
+def unsupported_nodes(model: ModelWrapper, after_canonicalization: bool) -> list[tuple[str, str, str]]:
+    """Return (node name, op type, reason) for every node edgec cannot lower."""
+    allowed = set(LOWERABLE) if after_canonicalization else LOWERABLE | CANONICALIZED_AWAY
+    found = []
+    for index, node in enumerate(model.graph.node):
+        name = node.name or f"#{index}"
+        if node.op_type in KNOWN_BROKEN:
+            found.append((name, node.op_type, KNOWN_BROKEN[node.op_type]))
+        elif node.op_type not in allowed:
+            if after_canonicalization and node.op_type in CANONICALIZED_AWAY:
+                reason = "not constant, so it could not be folded away"
+            else:
+                reason = "no HLS implementation"
+            found.append((name, node.op_type, reason))
+    return found
+
+
+def check_supported(model: ModelWrapper, after_canonicalization: bool) -> None:
+    """Raise :class:`UnsupportedOpsError` listing every node that cannot be lowered."""
+    bad = unsupported_nodes(model, after_canonicalization)
+    if bad:
+        listing = "; ".join(f"{name} ({op}: {why})" for name, op, why in bad)
+        raise UnsupportedOpsError(
+            f"{len(bad)} node(s) cannot be lowered: {listing}",
+            hint="replace these ops before export, or run `edgec inspect` to see the whole model",
+        )
