@@ -1,0 +1,1 @@
+"""Code generators: hls4ml for the FPGA fabric."""

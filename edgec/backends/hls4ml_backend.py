@@ -1,0 +1,338 @@
+"""The only module that talks to hls4ml: configure, convert, type, write and compile a project.
+
+hls4ml fuses a bias Add or BatchNorm into the preceding Dense/Conv only while that layer's result
+type is left to inference, so edgec converts with inferred types and then sets every type on the
+converted graph itself: weights and biases (exact where possible), exact accumulators, and result
+types from the calibrated range of the ONNX tensor each hls4ml variable stands for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from qonnx.core.modelwrapper import ModelWrapper
+
+from edgec.configure import LoweringPlan
+from edgec.errors import ToolchainError
+from edgec.fixed_point import FixedType, accumulator_type, exact_type, range_type
+from edgec.targets import Target
+
+log = logging.getLogger(__name__)
+
+LINEAR_CLASSES = ("Dense", "Conv1D", "Conv2D", "PointwiseConv1D", "PointwiseConv2D")
+PASS_THROUGH_CLASSES = ("Reshape", "Transpose", "Flatten", "Repack", "Clone", "Concatenate")
+FUSABLE_OPS = ("Add", "Sub", "Mul", "Div", "BatchNormalization")
+_IDENT = re.compile(r"[^A-Za-z0-9_]")
+
+
+def sanitize_identifier(name: str, fallback: str = "edgec_model") -> str:
+    """A C/C++/Tcl-safe identifier: letters, digits and underscores, not starting with a digit."""
+    cleaned = _IDENT.sub("_", name).strip("_")
+    cleaned = re.sub(r"_+", "_", cleaned)
+    if not cleaned:
+        return fallback
+    if cleaned[0].isdigit():
+        cleaned = f"m_{cleaned}"
+    return cleaned[:64]
+
+
+@dataclass
+class HlsLayer:
+    """What the report needs to know about one lowered hls4ml layer."""
+
+    name: str
+    op: str
+    onnx_tensor: str
+    input_shape: list[int]
+    output_shape: list[int]
+    macs: int
+    params: int
+    precision: dict[str, str]
+    strategy: str | None
+    reuse_factor: int | None
+
+
+def _fixed_of(precision) -> FixedType | None:
+    from hls4ml.model.types import FixedPrecisionType, IntegerPrecisionType, XnorPrecisionType
+
+    if isinstance(precision, XnorPrecisionType):
+        return FixedType(2, 2)  # a bipolar value, +-1
+    if isinstance(precision, FixedPrecisionType):
+        return FixedType(precision.width, precision.integer, precision.signed)
+    if isinstance(precision, IntegerPrecisionType):
+        return FixedType(precision.width, precision.width, precision.signed)
+    return None
+
+
+def _is_quantizer(layer) -> bool:
+    return layer.class_name == "Activation" and (
+        layer.get_attr("quantizer") is not None or layer.get_attr("activation") in ("binary_tanh", "ternary_tanh")
+    )
+
+
+def _resolve_tensor(model: ModelWrapper, tensor: str, hls_vars: set[str]) -> str:
+    """The ONNX tensor an hls4ml variable really holds, following ops hls4ml fused into its producer."""
+    seen = 0
+    while seen < 16:
+        consumers = model.find_consumers(tensor) or []
+        if len(consumers) != 1 or consumers[0].op_type not in FUSABLE_OPS:
+            return tensor
+        nxt = consumers[0].output[0]
+        if nxt in hls_vars:
+            return tensor
+        tensor = nxt
+        seen += 1
+    return tensor
+
+
+def _ap(ftype: FixedType):
+    """The backend (ap_fixed) form of a type: converted graphs need it to print C++."""
+    from hls4ml.backends.fpga.fpga_types import APTypeConverter
+
+    return APTypeConverter().convert(ftype.to_hls4ml_precision())
+
+
+def _set_result(layer, ftype: FixedType) -> None:
+    """Set a layer's output type on every object hls4ml keeps for it (the layer's variable, the
+    graph's variable table and the layer's result_t)."""
+    precision = _ap(ftype)
+    out = layer.outputs[0]
+    layer.get_output_variable().type.precision = precision
+    graph_var = layer.model.output_vars.get(out)
+    if graph_var is not None:
+        graph_var.type.precision = precision
+    if "result_t" in layer.types:
+        layer.types["result_t"].precision = precision
+
+
+def _set_weight_type(layer, wname: str, ftype: FixedType) -> None:
+    """Give one weight its own typedef (hls4ml may share ``model_default_t`` between layers)."""
+    from hls4ml.backends.fpga.fpga_types import APTypeConverter, HLSTypeConverter
+    from hls4ml.model.types import NamedType
+
+    var = layer.weights[wname]
+    converter = HLSTypeConverter(precision_converter=APTypeConverter())
+    fresh = converter.convert(NamedType(sanitize_identifier(f"{layer.name}_{wname}_t"), ftype.to_hls4ml_precision()))
+    var.type = fresh
+    var.update_precision(fresh.precision)
+    layer.set_attr(f"{wname}_t", fresh)
+
+
+def _n_terms(layer) -> int:
+    if layer.class_name == "Dense":
+        return int(layer.get_attr("n_in"))
+    filt = int(layer.get_attr("filt_height", 1) or 1) * int(layer.get_attr("filt_width", 1) or 1)
+    return filt * int(layer.get_attr("n_chan"))
+
+
+def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
+    """Set every type of the converted hls4ml graph (see module docstring)."""
+    layers = list(hm.get_layers())
+    hls_vars = {out for layer in layers for out in layer.outputs}
+    consumers: dict[str, list] = {}
+    for layer in layers:
+        for inp in layer.inputs:
+            consumers.setdefault(inp, []).append(layer)
+    current: dict[str, FixedType] = {}
+
+    def calibrated(var: str) -> FixedType | None:
+        return plan.tensor_type(_resolve_tensor(model, var, hls_vars))
+
+    for layer in layers:
+        cls = layer.class_name
+        out = layer.outputs[0]
+        in_t = current.get(layer.inputs[0]) if layer.inputs else None
+        if cls == "Input":
+            chosen = calibrated(out)
+            if chosen is not None:
+                _set_result(layer, chosen)
+        elif cls in LINEAR_CLASSES and in_t is not None:
+            onnx_node = _onnx_node_for(layer)
+            choice = plan.layers.get(onnx_node)
+            weight = layer.weights["weight"]
+            w_t = (choice.weight_t if choice else None) or exact_type(weight.data_unquantized if hasattr(weight, "data_unquantized") else weight.data, plan.width) or range_type(float(np.max(np.abs(weight.data))), plan.width)
+            if weight.type.precision.__class__.__name__ != "XnorPrecisionType":
+                _set_weight_type(layer, "weight", w_t)
+            bias_t = None
+            if "bias" in layer.weights:
+                bias = np.asarray(layer.weights["bias"].data, dtype=np.float64)
+                bias_t = exact_type(bias, plan.width + 8) or range_type(float(np.max(np.abs(bias))) if bias.size else 0.0, plan.width + 8)
+                _set_weight_type(layer, "bias", bias_t)
+            acc = accumulator_type(in_t, w_t, _n_terms(layer), bias_t)
+            if "accum_t" in layer.types:
+                layer.types["accum_t"].precision = _ap(acc)
+            feeds_quantizer = any(_is_quantizer(c) for c in consumers.get(out, []))
+            chosen = acc if feeds_quantizer else calibrated(out)
+            if chosen is not None:
+                _set_result(layer, chosen)
+            if choice is not None:
+                layer.set_attr("strategy", choice.strategy.lower())
+        elif cls in PASS_THROUGH_CLASSES and in_t is not None:
+            _set_result(layer, in_t)
+        elif _is_quantizer(layer):
+            # The model's own quantizer fixed this type. A binary graph output is given a signed
+            # +-1 type, since hls4ml's xnor encoding would hand the caller 0 for -1.
+            if out in hm.outputs and layer.get_attr("activation") == "binary_tanh":
+                _set_result(layer, FixedType(2, 2))
+        elif cls in ("ApplyAlpha", "BatchNormalization"):
+            for wname in ("scale", "bias"):
+                if wname in layer.weights:
+                    data = np.asarray(layer.weights[wname].data, dtype=np.float64)
+                    wt = exact_type(data, plan.width + 8) or range_type(float(np.max(np.abs(data))) if data.size else 0.0, plan.width + 8)
+                    _set_weight_type(layer, wname, wt)
+            chosen = calibrated(out)
+            if chosen is not None:
+                _set_result(layer, chosen)
+        elif cls in ("Pooling1D", "Pooling2D", "GlobalPooling1D", "GlobalPooling2D") and in_t is not None:
+            _set_result(layer, in_t)
+        elif cls != "Softmax" or calibrated(out) is not None:
+            chosen = calibrated(out)
+            if cls == "Softmax":
+                chosen = FixedType(plan.width, 2, False, "RND", "SAT")  # probabilities in [0, 1]
+            if chosen is not None:
+                _set_result(layer, chosen)
+        final = _fixed_of(layer.get_output_variable().type.precision)
+        if final is not None:
+            current[out] = final
+
+
+def _refresh_templates(hm) -> None:
+    """Re-render hls4ml's per-layer C++ config/function snippets after edgec changed the types.
+
+    hls4ml renders them during conversion (as "template" optimizer passes), so they would still
+    name the types inferred then.
+    """
+    from hls4ml.model.optimizer import get_optimizer
+
+    backend = hm.config.backend
+    templates = [get_optimizer(name) for name in backend._get_layer_templates()]
+    for layer in hm.get_layers():
+        for template in templates:
+            if template.match(layer):
+                template.transform(hm, layer)
+
+
+def _onnx_node_for(layer) -> str:
+    name = layer.name
+    return name[len("Dense_"):] if name.startswith("Dense_") else name
+
+
+def _hls_layer_info(layer, plan: LoweringPlan, model: ModelWrapper, hls_vars: set[str]) -> HlsLayer:
+    out_var = layer.get_output_variable()
+    in_var = layer.get_input_variable() if layer.inputs else None
+    macs = params = 0
+    if layer.class_name in LINEAR_CLASSES:
+        n_terms = _n_terms(layer)
+        outputs = int(np.prod(out_var.shape))
+        macs = n_terms * outputs if layer.class_name != "Dense" else n_terms * int(layer.get_attr("n_out"))
+        params = int(sum(np.asarray(w.data).size for w in layer.weights.values()))
+    elif layer.weights:
+        params = int(sum(np.asarray(w.data).size for w in layer.weights.values()))
+    precision = {}
+    for key, type_name in (("weight", "weight_t"), ("bias", "bias_t"), ("result", "result_t"), ("accum", "accum_t")):
+        if type_name in layer.types:
+            precision[key] = str(layer.types[type_name].precision)
+    if "result" not in precision:
+        precision["result"] = str(out_var.type.precision)
+    is_linear = layer.class_name in LINEAR_CLASSES
+    return HlsLayer(
+        name=layer.name,
+        op=layer.class_name,
+        onnx_tensor=_resolve_tensor(model, layer.outputs[0], hls_vars),
+        input_shape=[int(d) for d in in_var.shape] if in_var is not None else [int(d) for d in out_var.shape],
+        output_shape=[int(d) for d in out_var.shape],
+        macs=int(macs),
+        params=params,
+        precision=precision,
+        strategy=(layer.get_attr("strategy") or "latency").capitalize() if is_linear else None,
+        reuse_factor=int(layer.get_attr("reuse_factor") or 1) if is_linear else None,
+    )
+
+
+@contextlib.contextmanager
+def _quiet():
+    """hls4ml prints its progress to stdout; keep it in the log instead of the user's terminal."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        yield buffer
+    for line in buffer.getvalue().splitlines():
+        log.debug("hls4ml: %s", line)
+
+
+class HlsProject:
+    """A converted, typed and compiled hls4ml project."""
+
+    def __init__(self, hm, layers: list[HlsLayer], project_dir: Path, project_name: str, timings: dict[str, float]) -> None:
+        self.hm = hm
+        self.timings = timings
+        self.layers = layers
+        self.project_dir = project_dir
+        self.project_name = project_name
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Run the compiled C simulation on a batch in the canonical (hls4ml) layout."""
+        flat = np.ascontiguousarray(x.reshape(x.shape[0], -1), dtype=np.float64)
+        with _quiet():
+            y = self.hm.predict(flat)
+        return np.asarray(y, dtype=np.float64).reshape(x.shape[0], -1)
+
+    def trace(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-layer outputs of the C simulation, keyed by hls4ml layer name."""
+        flat = np.ascontiguousarray(x.reshape(x.shape[0], -1), dtype=np.float64)
+        with _quiet():
+            _, traces = self.hm.trace(flat)
+        return {k: np.asarray(v, dtype=np.float64).reshape(x.shape[0], -1) for k, v in traces.items()}
+
+
+def lower(model: ModelWrapper, plan: LoweringPlan, target: Target, project_dir: Path, project_name: str) -> HlsProject:
+    """Convert the canonical model with hls4ml, apply edgec's types, write and compile the project."""
+    import time
+
+    import hls4ml
+
+    project_name = sanitize_identifier(project_name)
+    start = time.perf_counter()
+    with _quiet():
+        cfg = hls4ml.utils.config.config_from_onnx_model(
+            model, granularity="name", backend="Vitis", default_precision=f"fixed<{plan.width},6>"
+        )
+    cfg["Model"]["Strategy"] = "Latency"
+    for layer_cfg in cfg["LayerName"].values():
+        layer_cfg["Trace"] = True
+    for node, choice in plan.layers.items():
+        layer_cfg = cfg["LayerName"].setdefault(node, {})
+        precision = layer_cfg.setdefault("Precision", {})
+        precision["weight"] = choice.weight_t.hls4ml()
+        layer_cfg["Strategy"] = choice.strategy
+        layer_cfg["ReuseFactor"] = choice.reuse_factor
+    try:
+        with _quiet():
+            hm = hls4ml.converters.convert_from_onnx_model(
+                model,
+                output_dir=str(project_dir),
+                project_name=project_name,
+                hls_config=cfg,
+                backend="Vitis",
+                part=target.part,
+                clock_period=round(target.clock_period_ns, 3),
+                io_type=plan.io_type,
+            )
+        apply_types(hm, model, plan)
+        _refresh_templates(hm)
+        converted = time.perf_counter()
+        with _quiet():
+            hm.compile()
+        compiled = time.perf_counter()
+    except Exception as exc:  # hls4ml raises bare Exceptions; g++ errors come as RuntimeError
+        raise ToolchainError(f"hls4ml failed to lower the model: {str(exc).splitlines()[0][:300]}") from exc
+    layers = list(hm.get_layers())
+    hls_vars = {out for layer in layers for out in layer.outputs}
+    info = [_hls_layer_info(layer, plan, model, hls_vars) for layer in layers if layer.class_name != "Input"]
+    timings = {"convert": round(converted - start, 3), "compile": round(compiled - converted, 3)}
+    return HlsProject(hm, info, project_dir, project_name, timings)

@@ -1,0 +1,191 @@
+"""The build pipeline: load -> canonicalize -> configure -> lower -> verify -> report.
+
+The build happens in a temporary folder next to the output folder and is moved into place only
+when it succeeded, so a failed build never leaves a half-written folder behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgec import __version__
+from edgec.backends.hls4ml_backend import lower, sanitize_identifier
+from edgec.configure import plan_lowering
+from edgec.data import load_data, random_inputs
+from edgec.errors import OutputExistsError, VerificationError
+from edgec.frontend.canonicalize import canonicalize
+from edgec.frontend.load import load_model
+from edgec.report import SCHEMA_VERSION, render_summary, write_report
+from edgec.runtime.csim import CSimulation
+from edgec.targets import load_target
+from edgec.verify import compare, first_divergence, reference_outputs
+
+log = logging.getLogger(__name__)
+META_FILE = "edgec.json"
+
+
+def to_canonical_layout(x: np.ndarray, input_perm: list[int] | None) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(input_perm)) if input_perm else x
+
+
+def from_canonical_layout(y: np.ndarray, canonical_out_shape: list[int], output_perm: list[int] | None) -> np.ndarray:
+    if output_perm:
+        y = y.reshape(y.shape[0], *canonical_out_shape[1:]).transpose(output_perm)
+    return y.reshape(y.shape[0], -1)
+
+
+@dataclass
+class BuildResult:
+    """What ``edgec.build`` returns: the report, the folder, and the simulated design."""
+
+    output_dir: Path
+    report: dict
+    _meta: dict
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Run the C simulation on inputs in the model's own layout; returns (N, outputs)."""
+        return simulate_folder(self.output_dir, np.asarray(x, dtype=np.float32), self._meta)
+
+
+def simulate_folder(output_dir: Path, x: np.ndarray, meta: dict | None = None) -> np.ndarray:
+    """C-simulate inputs (model layout) with a finished build folder."""
+    output_dir = Path(output_dir)
+    meta = meta or json.loads((output_dir / META_FILE).read_text())
+    sample_shape = meta["input_shape"][1:]
+    if list(x.shape) == sample_shape:
+        x = x[None]
+    csim = CSimulation.from_project(output_dir / "hls", meta["project_name"], meta["n_in"], meta["n_out"])
+    y = csim.run(to_canonical_layout(x, meta["input_perm"]))
+    return from_canonical_layout(y, meta["canonical_output_shape"], meta["output_perm"])
+
+
+def build(
+    model: str | Path | onnx.ModelProto,
+    target: str = "pynq-z2",
+    output_dir: str | Path = "build",
+    data: str | Path | None = None,
+    force: bool = False,
+    min_agreement: float = 0.99,
+    io_type: str | None = None,
+    width: int = 16,
+    random_samples: int = 200,
+) -> BuildResult:
+    """Build ``model`` for ``target`` into ``output_dir`` and verify it; see the README."""
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
+    tgt = load_target(target)
+    out = Path(output_dir)
+    if out.exists() and not force:
+        raise OutputExistsError(f"output folder '{out}' already exists", hint="pass --force to replace it, or -o to choose another")
+    loaded = load_model(model)
+    lap("load")
+    canonical = canonicalize(loaded.model)
+    lap("canonicalize")
+    input_shape = loaded.model.get_tensor_shape(loaded.model.graph.input[0].name)
+    if data is not None:
+        x, y = load_data(data, input_shape)
+        data_desc = f"{Path(data).name}"
+    else:
+        x, data_desc = random_inputs(loaded.model, random_samples)
+        y = None
+    x_canon = to_canonical_layout(x, canonical.input_perm)
+    plan = plan_lowering(canonical.model, x_canon, tgt, io_type=io_type, width=width)
+    lap("configure")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.edgec-", dir=out.parent))
+    try:
+        canonical.model.save(str(staging / "model.edgec.onnx"))
+        stem = Path(loaded.path).stem if loaded.path else "edgec_model"
+        project_name = sanitize_identifier(stem)
+        project = lower(canonical.model, plan, tgt, staging / "hls", project_name)
+        timings["convert"] = project.timings["convert"]
+        timings["compile"] = project.timings["compile"]
+        clock = time.perf_counter()
+        canon_in = canonical.model.get_tensor_shape(canonical.model.graph.input[0].name)
+        canon_out = canonical.model.get_tensor_shape(canonical.model.graph.output[0].name)
+        meta = {
+            "project_name": project.project_name,
+            "input_shape": [int(d) for d in input_shape],
+            "input_perm": canonical.input_perm,
+            "output_perm": canonical.output_perm,
+            "canonical_output_shape": [int(d) for d in canon_out],
+            "n_in": int(np.prod(canon_in[1:])),
+            "n_out": int(np.prod(canon_out[1:])),
+            "is_qonnx": loaded.is_qonnx,
+        }
+        csim = CSimulation.from_project(staging / "hls", project.project_name, meta["n_in"], meta["n_out"])
+        simulated = from_canonical_layout(csim.run(x_canon), canon_out, canonical.output_perm)
+        reference, reference_name = reference_outputs(loaded.model, x, loaded.is_qonnx)
+        verification = {"reference": reference_name, "data": data_desc, **compare(reference, simulated, y)}
+        verification["min_agreement"] = min_agreement
+        verification["first_divergence"] = None
+        if verification["argmax_agreement"] < min_agreement:
+            verification["first_divergence"] = first_divergence(project, canonical.model, x_canon)
+        lap("verify")
+        report = {
+            "schema_version": SCHEMA_VERSION,
+            "edgec_version": __version__,
+            "model": {
+                "path": loaded.path,
+                "sha256": loaded.sha256,
+                "inputs": [{"name": i.name, "shape": loaded.model.get_tensor_shape(i.name)} for i in loaded.model.graph.input if loaded.model.get_initializer(i.name) is None],
+                "outputs": [{"name": o.name, "shape": loaded.model.get_tensor_shape(o.name)} for o in loaded.model.graph.output],
+            },
+            "target": tgt.to_report(),
+            "io_type": plan.io_type,
+            "layers": [
+                {
+                    "name": layer.name,
+                    "op": layer.op,
+                    "inputs_shape": layer.input_shape,
+                    "outputs_shape": layer.output_shape,
+                    "macs": layer.macs,
+                    "params": layer.params,
+                    "precision": {k: layer.precision.get(k) for k in ("weight", "bias", "result", "accum")},
+                    "strategy": layer.strategy,
+                    "reuse_factor": layer.reuse_factor,
+                }
+                for layer in project.layers
+            ],
+            "verification": verification,
+            "passes": [{"name": p["name"], "params": p.get("params", {}), "seconds": p["seconds"], **({"details": p["details"]} if p.get("details") else {})} for p in canonical.passes],
+            "decisions": loaded.notes + plan.notes,
+            "timings": timings,
+        }
+        write_report(report, staging / "report.json")
+        (staging / "summary.txt").write_text(render_summary(report) + "\n")
+        (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if verification["argmax_agreement"] < min_agreement:
+            div = verification["first_divergence"]
+            where = f"; first diverging layer: {div['layer']} (max abs error {div['max_abs_error']:.3g})" if div else ""
+            raise VerificationError(
+                f"C simulation agrees with the reference on {verification['argmax_agreement'] * 100:.1f}% of samples, "
+                f"below the required {min_agreement * 100:.1f}%{where}",
+                hint="lower --min-agreement to keep the build anyway, or raise --width",
+            )
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for line in render_summary(report).splitlines():
+        log.debug(line)
+    return BuildResult(output_dir=out, report=report, _meta=meta)

@@ -1,0 +1,135 @@
+"""The `edgec` command: build | simulate | inspect | targets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from edgec.errors import EdgecError
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from edgec.build import build
+    from edgec.report import render_summary
+
+    result = build(
+        args.model,
+        target=args.target,
+        output_dir=args.output,
+        data=args.data,
+        force=args.force,
+        min_agreement=args.min_agreement,
+        io_type=args.io_type,
+        width=args.width,
+    )
+    print(render_summary(result.report))
+    print(f"\nbuild folder: {result.output_dir}")
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from edgec.build import META_FILE, simulate_folder
+    from edgec.data import load_data
+    from edgec.errors import BuildFolderError
+
+    folder = Path(args.build_dir)
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise BuildFolderError(f"{folder}: not an edgec build folder (no {META_FILE})", hint="run `edgec build` first")
+    meta = json.loads(meta_path.read_text())
+    report = json.loads((folder / "report.json").read_text())
+    x, y = load_data(args.data, meta["input_shape"])
+    simulated = simulate_folder(folder, x, meta)
+    model_path = report["model"]["path"]
+    line = f"simulated {x.shape[0]} samples"
+    if model_path and Path(model_path).is_file():
+        from edgec.frontend.load import load_model
+        from edgec.verify import compare, reference_outputs
+
+        loaded = load_model(model_path)
+        reference, name = reference_outputs(loaded.model, x, loaded.is_qonnx)
+        result = compare(reference, simulated, y)
+        line += f": argmax agreement with {name} {result['argmax_agreement'] * 100:.2f}%, max abs error {result['max_abs_error']:.3g}"
+        if y is not None:
+            line += f", accuracy reference {result['accuracy_reference']:.4f} / C-sim {result['accuracy_simulated']:.4f}"
+    elif y is not None:
+        line += f": C-sim accuracy {float(np.mean(simulated.argmax(-1) == y)):.4f} (reference model not found at {model_path})"
+    print(line)
+    if args.output:
+        np.save(args.output, simulated)
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from edgec.frontend.inspect import inspect_model, render_inspection
+    from edgec.frontend.load import load_model
+
+    info = inspect_model(load_model(args.model))
+    print(json.dumps(info, indent=2) if args.json else render_inspection(info))
+    return 0
+
+
+def _cmd_targets(args: argparse.Namespace) -> int:
+    from edgec.targets import list_targets
+
+    print(f"{'name':<14} {'part':<22} {'MHz':>5} {'LUT':>8} {'FF':>8} {'DSP':>6} {'BRAM18':>7}  CPU")
+    for t in list_targets():
+        r = t.resources
+        cpu = f"{t.cpu.cores}x {t.cpu.name} @ {t.cpu.clock_mhz:g} MHz" if t.cpu else "-"
+        print(f"{t.name:<14} {t.part:<22} {t.clock_mhz:>5g} {r.lut:>8} {r.ff:>8} {r.dsp:>6} {r.bram18:>7}  {cpu}")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgec", description="Compile ONNX/QONNX models to verified FPGA projects.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (and hls4ml's output)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build an HLS project, compile its C simulation and verify it")
+    b.add_argument("model", help="ONNX or QONNX file")
+    b.add_argument("--target", default="pynq-z2", help="board name (see `edgec targets`) or a target YAML file")
+    b.add_argument("-o", "--output", default="build", help="build folder (default: build)")
+    b.add_argument("--data", help=".npz with x (model layout) and optional y labels, or .npy inputs")
+    b.add_argument("--force", action="store_true", help="replace an existing build folder")
+    b.add_argument("--min-agreement", type=float, default=0.99, help="fail (exit 3) below this argmax agreement")
+    b.add_argument("--io-type", choices=["io_parallel", "io_stream"], help="hls4ml I/O type (default: by model)")
+    b.add_argument("--width", type=int, default=16, help="bit width of calibrated fixed-point types (default 16)")
+    b.set_defaults(func=_cmd_build)
+    s = sub.add_parser("simulate", help="run a build's C simulation on new inputs")
+    s.add_argument("build_dir")
+    s.add_argument("--data", required=True, help=".npz with x and optional y, or .npy")
+    s.add_argument("--output", help="save the simulated outputs to this .npy")
+    s.set_defaults(func=_cmd_simulate)
+    i = sub.add_parser("inspect", help="list layers, shapes, MACs, quantization and unsupported ops")
+    i.add_argument("model")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=_cmd_inspect)
+    t = sub.add_parser("targets", help="list the boards")
+    t.set_defaults(func=_cmd_targets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        warnings.filterwarnings("ignore")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        return args.func(args)
+    except EdgecError as exc:
+        print(f"edgec: error: {exc.user_message()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edgec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Choose the hls4ml configuration from the model, the calibration data and the target.
+
+Precisions: quantizers in the model (QONNX Quant/BipolarQuant) fix their own types; weights that are
+exact on a power-of-two grid get the narrowest exact type; everything else gets a type whose
+integer part covers the range the calibration data actually produce. Strategy and ReuseFactor are
+chosen per layer so the estimated design fits the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from qonnx.core.modelwrapper import ModelWrapper
+
+import qonnx.core.onnx_exec as oxe
+from edgec.cost.resources import estimate_linear_layer
+from edgec.errors import TargetFitError
+from edgec.fixed_point import FixedType, exact_type, range_type
+from edgec.targets import Target
+
+# Fraction of each FPGA resource a generated design may use: the rest is left for the AXI/DMA
+# shell and routing (Vivado commonly fails to close timing above ~80% LUT use; UG949 UltraFast
+# Design Methodology, "Utilization" guidelines recommend staying below 70-80% LUT).
+UTILIZATION_CAP = 0.8
+MAX_CALIBRATION_SAMPLES = 128
+
+
+@dataclass
+class LayerChoice:
+    """What edgec chose for one MatMul/Conv layer, and why."""
+
+    node: str
+    op: str
+    n_in: int
+    n_out: int
+    multiplies: int
+    weights: int
+    weight_t: FixedType
+    bias_t: FixedType
+    input_bits: int
+    strategy: str = "Latency"
+    reuse_factor: int = 1
+    reason: str = "fits at full parallelism"
+    dsp: int = 0
+    lut: int = 0
+    bram18: int = 0
+
+
+@dataclass
+class LoweringPlan:
+    """Everything the hls4ml backend needs to know beyond the model itself."""
+
+    io_type: str
+    width: int
+    tensor_max_abs: dict[str, float]
+    layers: dict[str, LayerChoice]
+    notes: list[str] = field(default_factory=list)
+
+    def tensor_type(self, tensor: str) -> FixedType | None:
+        if tensor not in self.tensor_max_abs:
+            return None
+        return range_type(self.tensor_max_abs[tensor], self.width)
+
+
+def calibrate(model: ModelWrapper, inputs: np.ndarray) -> dict[str, float]:
+    """Largest absolute value of every tensor over (up to 128 of) the calibration inputs."""
+    name = model.graph.input[0].name
+    ranges: dict[str, float] = {}
+    for sample in inputs[:MAX_CALIBRATION_SAMPLES]:
+        ctx = oxe.execute_onnx(model, {name: sample[None].astype(np.float32)}, return_full_exec_context=True)
+        for tensor, value in ctx.items():
+            if value is None or model.get_initializer(tensor) is not None:
+                continue
+            arr = np.asarray(value, dtype=np.float64)
+            if arr.size:
+                ranges[tensor] = max(ranges.get(tensor, 0.0), float(np.max(np.abs(arr))))
+    return ranges
+
+
+def _quantizer_bits(model: ModelWrapper, tensor: str) -> int | None:
+    producer = model.find_producer(tensor)
+    if producer is None:
+        return None
+    if producer.op_type == "BipolarQuant":
+        return 1
+    if producer.op_type == "Quant" and len(producer.input) > 3:
+        bits = model.get_initializer(producer.input[3])
+        return int(np.asarray(bits).reshape(-1)[0]) if bits is not None else None
+    return None
+
+
+def _bias_of(model: ModelWrapper, node) -> np.ndarray | None:
+    if node.op_type == "Conv":
+        return model.get_initializer(node.input[2]) if len(node.input) > 2 else None
+    consumers = model.find_consumers(node.output[0]) or []
+    if len(consumers) == 1 and consumers[0].op_type == "Add":
+        other = [i for i in consumers[0].input if i != node.output[0]]
+        return model.get_initializer(other[0]) if other else None
+    return None
+
+
+def _layer_choice(model: ModelWrapper, node, plan_width: int, ranges: dict[str, float]) -> LayerChoice | None:
+    weight = model.get_initializer(node.input[1])
+    if weight is None:
+        return None
+    if node.op_type == "MatMul":
+        n_in, n_out = weight.shape[0], weight.shape[1]
+        multiplies = n_in * n_out
+    else:  # Conv, OIHW: one output pixel needs C_in/group * kh * kw * C_out products
+        n_out = weight.shape[0]
+        n_in = int(np.prod(weight.shape[1:]))
+        multiplies = n_in * n_out
+    weight_t = exact_type(weight, max_width=plan_width) or range_type(float(np.max(np.abs(weight))), plan_width)
+    bias = _bias_of(model, node)
+    if bias is None:
+        bias_t = FixedType(2, 2)
+    else:
+        bias_t = exact_type(bias, max_width=plan_width + 8) or range_type(float(np.max(np.abs(bias))), plan_width + 8)
+    in_bits = _quantizer_bits(model, node.input[0]) or plan_width
+    return LayerChoice(
+        node=node.name,
+        op="Dense" if node.op_type == "MatMul" else "Conv",
+        n_in=n_in,
+        n_out=n_out,
+        multiplies=multiplies,
+        weights=int(weight.size),
+        weight_t=weight_t,
+        bias_t=bias_t,
+        input_bits=in_bits,
+    )
+
+
+def _valid_reuse_factors(n_in: int, n_out: int) -> list[int]:
+    """Reuse factors hls4ml accepts for an n_in x n_out kernel (hls4ml's own rule)."""
+    from hls4ml.backends import get_backend
+
+    return sorted(set(get_backend("Vitis").get_valid_reuse_factors(n_in, n_out)))
+
+
+def _estimate(choice: LayerChoice, target: Target) -> None:
+    res = estimate_linear_layer(
+        choice.multiplies, choice.weights, choice.weight_t.width, choice.input_bits, choice.reuse_factor, choice.strategy, target
+    )
+    choice.dsp, choice.lut, choice.bram18 = res.dsp, res.lut, res.bram18
+
+
+def fit_to_target(layers: dict[str, LayerChoice], target: Target) -> list[str]:
+    """Raise reuse factors (switching to the Resource strategy) until the design fits the target."""
+    budget = {
+        "dsp": target.resources.dsp * UTILIZATION_CAP,
+        "lut": target.resources.lut * UTILIZATION_CAP,
+        "bram18": target.resources.bram18 * UTILIZATION_CAP,
+    }
+    for choice in layers.values():
+        _estimate(choice, target)
+    notes = []
+    while True:
+        totals = {k: sum(getattr(c, k) for c in layers.values()) for k in budget}
+        over = [k for k in budget if totals[k] > budget[k]]
+        if not over:
+            return [f"{c.node}: {c.reason}" for c in layers.values() if c.reuse_factor > 1]
+        worst = over[0]
+        # Relieve the resource that is over: serialize the layer using most of it by one step.
+        candidates = sorted(layers.values(), key=lambda c: getattr(c, worst), reverse=True)
+        moved = False
+        for choice in candidates:
+            if getattr(choice, worst) == 0:
+                break
+            valid = [r for r in _valid_reuse_factors(choice.n_in, choice.n_out) if r > choice.reuse_factor]
+            if worst == "bram18" or not valid:
+                continue
+            choice.reuse_factor = valid[0]
+            choice.strategy = "Resource"
+            _estimate(choice, target)
+            choice.reason = (
+                f"{worst.upper()} over {int(UTILIZATION_CAP * 100)}% of {target.name} at full parallelism; "
+                f"Resource strategy, reuse factor {choice.reuse_factor}"
+            )
+            moved = True
+            break
+        if not moved:
+            largest = max(layers.values(), key=lambda c: c.weights)
+            raise TargetFitError(
+                f"model does not fit {target.name} even at the largest reuse factor: estimated "
+                f"{worst.upper()} {totals[worst]:.0f} > {budget[worst]:.0f} available to the design "
+                f"(largest layer: {largest.node}, {largest.weights} weights)",
+                hint="prune or quantize the model, or pick a larger target (`edgec targets`)",
+            )
+
+
+def plan_lowering(
+    model: ModelWrapper, calibration_inputs: np.ndarray, target: Target, io_type: str | None = None, width: int = 16
+) -> LoweringPlan:
+    """Calibrate ranges, choose per-layer types, strategy and reuse factor for ``target``."""
+    ranges = calibrate(model, calibration_inputs)
+    has_conv = any(n.op_type == "Conv" for n in model.graph.node)
+    chosen_io = io_type or ("io_stream" if has_conv else "io_parallel")
+    layers = {}
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Conv"):
+            choice = _layer_choice(model, node, width, ranges)
+            if choice is not None:
+                layers[node.name] = choice
+    notes = fit_to_target(layers, target)
+    if io_type is None and has_conv:
+        notes.append("io_stream chosen for a convolutional model (line-buffer convolutions)")
+    return LoweringPlan(io_type=chosen_io, width=width, tensor_max_abs=ranges, layers=layers, notes=notes)
+

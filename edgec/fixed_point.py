@@ -1,0 +1,85 @@
+"""Fixed-point types: choosing widths from value ranges, exact types for exact values."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FixedType:
+    """``ap_fixed<width, integer>`` (signed) or ``ap_ufixed`` with rounding/saturation modes."""
+
+    width: int
+    integer: int
+    signed: bool = True
+    rounding: str = "TRN"
+    saturation: str = "WRAP"
+
+    @property
+    def fractional(self) -> int:
+        return self.width - self.integer
+
+    def hls4ml(self) -> str:
+        """hls4ml's config string, e.g. ``fixed<16,6,RND,SAT>``."""
+        kind = "fixed" if self.signed else "ufixed"
+        if self.rounding == "TRN" and self.saturation == "WRAP":
+            return f"{kind}<{self.width},{self.integer}>"
+        return f"{kind}<{self.width},{self.integer},{self.rounding},{self.saturation}>"
+
+    def to_hls4ml_precision(self):
+        from hls4ml.model.types import FixedPrecisionType, RoundingMode, SaturationMode
+
+        return FixedPrecisionType(
+            width=self.width,
+            integer=self.integer,
+            signed=self.signed,
+            rounding_mode=RoundingMode.from_string(self.rounding),
+            saturation_mode=SaturationMode.from_string(self.saturation),
+        )
+
+
+def integer_bits_for(max_abs: float, signed: bool = True) -> int:
+    """Integer bits (including sign) so that ``max_abs`` fits."""
+    if max_abs <= 0 or not math.isfinite(max_abs):
+        return 1 if signed else 0
+    bits = math.floor(math.log2(max_abs)) + 1
+    return max(bits, 0) + (1 if signed else 0)
+
+
+def range_type(max_abs: float, width: int, headroom: float = 1.0, rounding: str = "RND", saturation: str = "SAT") -> FixedType:
+    """A ``width``-bit type whose integer part covers ``max_abs * headroom``."""
+    integer = integer_bits_for(max_abs * headroom)
+    integer = min(max(integer, 1), width - 1) if width > 1 else 1
+    return FixedType(width, integer, True, rounding, saturation)
+
+
+def exact_type(values: np.ndarray, max_width: int = 32) -> FixedType | None:
+    """The narrowest signed fixed type that holds every value exactly, or None if wider than allowed."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if values.size == 0 or not np.all(np.isfinite(values)):
+        return None
+    for frac in range(0, max_width):
+        scaled = np.round(values * (2.0**frac))
+        if np.all(scaled == values * (2.0**frac)):
+            hi, lo = float(scaled.max()), float(scaled.min())
+            # signed width w holds [-2^(w-1), 2^(w-1) - 1]
+            width = 2
+            while not (-(2.0 ** (width - 1)) <= lo and hi <= 2.0 ** (width - 1) - 1):
+                width += 1
+            if width > max_width:
+                return None
+            return FixedType(width, width - frac, True)
+    return None
+
+
+def accumulator_type(input_t: FixedType, weight_t: FixedType, n_terms: int, bias_t: FixedType | None = None) -> FixedType:
+    """A type that holds a sum of ``n_terms`` products (plus a bias) without any rounding."""
+    frac = input_t.fractional + weight_t.fractional
+    integer = input_t.integer + weight_t.integer + max(0, math.ceil(math.log2(max(n_terms, 1))))
+    if bias_t is not None:
+        frac = max(frac, bias_t.fractional)
+        integer = max(integer, bias_t.integer) + 1
+    return FixedType(integer + frac, integer, True)

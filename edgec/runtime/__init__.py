@@ -1,0 +1,1 @@
+"""Running built designs: the hls4ml C simulation library."""
