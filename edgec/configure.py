@@ -60,7 +60,8 @@ class LoweringPlan:
     def tensor_type(self, tensor: str) -> FixedType | None:
         if tensor not in self.tensor_max_abs:
             return None
-        return range_type(self.tensor_max_abs[tensor], self.width)
+        # One bit of headroom above the calibrated range: unseen inputs saturate less often.
+        return range_type(self.tensor_max_abs[tensor], self.width, headroom=2.0)
 
 
 def calibrate(model: ModelWrapper, inputs: np.ndarray) -> dict[str, float]:
@@ -168,7 +169,7 @@ def fit_to_target(layers: dict[str, LayerChoice], target: Target) -> list[str]:
             if getattr(choice, worst) == 0:
                 break
             valid = [r for r in _valid_reuse_factors(choice.n_in, choice.n_out) if r > choice.reuse_factor]
-            if worst == "bram18" or not valid:
+            if not valid:
                 continue
             choice.reuse_factor = valid[0]
             choice.strategy = "Resource"

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 LINEAR_CLASSES = ("Dense", "Conv1D", "Conv2D", "PointwiseConv1D", "PointwiseConv2D")
 PASS_THROUGH_CLASSES = ("Reshape", "Transpose", "Flatten", "Repack", "Clone", "Concatenate")
-FUSABLE_OPS = ("Add", "Sub", "Mul", "Div", "BatchNormalization")
+FUSABLE_OPS = ("Add", "Sub", "Mul", "Div", "BatchNormalization", "Quant", "BipolarQuant")
+QUANTIZER_OPS = ("Quant", "BipolarQuant")
 _IDENT = re.compile(r"[^A-Za-z0-9_]")
 
 
@@ -144,6 +145,11 @@ def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
     def calibrated(var: str) -> FixedType | None:
         return plan.tensor_type(_resolve_tensor(model, var, hls_vars))
 
+    def quantized(var: str) -> bool:
+        """hls4ml folded one of the model's quantizers into this variable's type: keep it."""
+        producer = model.find_producer(_resolve_tensor(model, var, hls_vars))
+        return producer is not None and producer.op_type in QUANTIZER_OPS
+
     for layer in layers:
         cls = layer.class_name
         out = layer.outputs[0]
@@ -169,6 +175,8 @@ def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
                 layer.types["accum_t"].precision = _ap(acc)
             feeds_quantizer = any(_is_quantizer(c) for c in consumers.get(out, []))
             chosen = acc if feeds_quantizer else calibrated(out)
+            if quantized(out):
+                chosen = None
             if chosen is not None:
                 _set_result(layer, chosen)
             if choice is not None:
@@ -186,7 +194,7 @@ def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
                     data = np.asarray(layer.weights[wname].data, dtype=np.float64)
                     wt = exact_type(data, plan.width + 8) or range_type(float(np.max(np.abs(data))) if data.size else 0.0, plan.width + 8)
                     _set_weight_type(layer, wname, wt)
-            chosen = calibrated(out)
+            chosen = None if quantized(out) else calibrated(out)
             if chosen is not None:
                 _set_result(layer, chosen)
         elif cls in ("Pooling1D", "Pooling2D", "GlobalPooling1D", "GlobalPooling2D") and in_t is not None:
