@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import qonnx.core.onnx_exec as oxe
 from qonnx.core.modelwrapper import ModelWrapper
 
-import qonnx.core.onnx_exec as oxe
 from edgec.cost.resources import estimate_linear_layer
 from edgec.errors import TargetFitError
 from edgec.fixed_point import FixedType, exact_type, range_type
@@ -155,7 +155,6 @@ def fit_to_target(layers: dict[str, LayerChoice], target: Target) -> list[str]:
     }
     for choice in layers.values():
         _estimate(choice, target)
-    notes = []
     while True:
         totals = {k: sum(getattr(c, k) for c in layers.values()) for k in budget}
         over = [k for k in budget if totals[k] > budget[k]]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
-from qonnx.core.modelwrapper import ModelWrapper
-
 import qonnx.core.onnx_exec as oxe
+from qonnx.core.modelwrapper import ModelWrapper
 
 ort.set_default_logger_severity(3)
 

@@ -330,6 +330,8 @@ def lower(model: ModelWrapper, plan: LoweringPlan, target: Target, project_dir: 
                 part=target.part,
                 clock_period=round(target.clock_period_ns, 3),
                 io_type=plan.io_type,
+                # weights live in the headers only, so a build folder stays valid after it is moved
+                write_weights_txt=False,
             )
         apply_types(hm, model, plan)
         _refresh_templates(hm)

@@ -114,10 +114,10 @@ def canonicalize(model: ModelWrapper) -> CanonicalModel:
     """Return the canonical form of ``model`` (the input is not modified)."""
     passes: list[dict] = []
     model = ModelWrapper(model.model.__deepcopy__())
+    check_supported(model, after_canonicalization=False)  # with the user's own node names
     start = time.perf_counter()
     model = cleanup_model(model)
     passes.append({"name": "qonnx.cleanup", "params": {}, "seconds": round(time.perf_counter() - start, 4)})
-    check_supported(model, after_canonicalization=False)
     _add_missing_gemm_bias(model)
     model = _run(model, GemmToMatMul(), passes, "qonnx.GemmToMatMul")
     _push_transposes_into_weight_quantizers(model)

@@ -38,6 +38,12 @@ def _quant_text(model, node) -> str:
 def inspect_model(loaded: LoadedModel) -> dict:
     """Layers, shapes, MACs, parameters, quantization and unlowerable ops of a loaded model."""
     model = loaded.model
+    unsupported = [{"node": n, "op": op, "reason": why} for n, op, why in unsupported_nodes(model, after_canonicalization=False)]
+    if not unsupported:
+        # qonnx's cleanup folds shape arithmetic and infers every shape, so MACs can be counted
+        from qonnx.util.cleanup import cleanup_model
+
+        model = cleanup_model(model)
     layers = []
     for index, node in enumerate(model.graph.node):
         params = sum(int(np.prod(model.get_initializer(i).shape)) for i in node.input if i and model.get_initializer(i) is not None)
@@ -57,10 +63,9 @@ def inspect_model(loaded: LoadedModel) -> dict:
                 "quantization": quant,
             }
         )
-    unsupported = [{"node": n, "op": op, "reason": why} for n, op, why in unsupported_nodes(model, after_canonicalization=False)]
     if not unsupported:
         try:
-            canonicalize(model)
+            canonicalize(loaded.model)
         except UnsupportedOpsError as exc:
             unsupported = [{"node": "-", "op": "-", "reason": str(exc)}]
     return {

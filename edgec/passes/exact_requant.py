@@ -22,13 +22,13 @@ import logging
 
 import numpy as np
 import onnx
+import qonnx.core.onnx_exec as oxe
 from onnx import TensorProto, helper
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.general.quant import quant as qonnx_quant
 from qonnx.transformation.base import Transformation
 from qonnx.transformation.infer_shapes import InferShapes
 
-import qonnx.core.onnx_exec as oxe
 from edgec.passes.fold_affine import linear_channel_info
 from edgec.passes.graph_utils import is_power_of_two, remove_nodes, single_consumer
 

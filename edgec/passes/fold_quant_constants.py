@@ -7,10 +7,9 @@ requantization pass reads their integer form first); the second run folds those 
 from __future__ import annotations
 
 import numpy as np
+import qonnx.core.onnx_exec as oxe
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.transformation.base import Transformation
-
-import qonnx.core.onnx_exec as oxe
 
 
 class FoldConstantQuantizers(Transformation):

@@ -1,0 +1,64 @@
+"""Python API, the report schema, targets and the exact requantization pass."""
+
+import json
+
+import numpy as np
+import onnx
+
+import edgec
+from edgec.frontend.canonicalize import canonicalize
+from edgec.frontend.load import load_model
+from edgec.targets import load_target, target_names
+
+REPORT_KEYS = {"schema_version", "edgec_version", "model", "target", "layers", "verification", "passes", "timings"}
+
+
+def test_api_accepts_modelproto_and_predicts(tmp_path, data_dir):
+    proto = onnx.load(data_dir / "three_layer_pytorch.onnx")
+    result = edgec.build(proto, target="pynq-z2", output_dir=tmp_path / "api")
+    assert REPORT_KEYS <= set(result.report)
+    assert result.report["target"] == {"name": "pynq-z2", "part": "xc7z020clg400-1", "clock_mhz": 100.0}
+    assert set(result.report["timings"]) == {"load", "canonicalize", "configure", "convert", "compile", "verify"}
+    layer = result.report["layers"][0]
+    assert {"name", "op", "inputs_shape", "outputs_shape", "macs", "params", "precision", "strategy", "reuse_factor"} <= set(layer)
+    assert layer["macs"] == 16 * 64
+    assert json.loads((tmp_path / "api" / "report.json").read_text()) == result.report
+    x = np.random.default_rng(1).standard_normal((5, 16)).astype(np.float32)
+    y = result.predict(x)
+    assert y.shape == (5, 5)
+    import onnxruntime as ort
+
+    loaded = load_model(data_dir / "three_layer_pytorch.onnx")
+    sess = ort.InferenceSession(loaded.model.model.SerializeToString())
+    ref = np.concatenate([sess.run(None, {loaded.model.graph.input[0].name: s[None]})[0] for s in x])
+    assert (y.argmax(1) == ref.argmax(1)).all()
+
+
+def test_precisions_come_from_calibrated_ranges(tmp_path, data_dir):
+    result = edgec.build(data_dir / "three_layer_keras.onnx", output_dir=tmp_path / "k")
+    results = {layer["precision"]["result"] for layer in result.report["layers"] if layer["op"] == "Dense"}
+    assert "fixed<16,6,TRN,WRAP,0>" not in results
+    assert len(results) > 1  # ranges differ per layer, so do the types
+
+
+def test_targets_have_datasheet_figures():
+    assert set(target_names()) >= {"pynq-z2", "zcu104", "ultra96v2", "kv260", "arty-a7-100t"}
+    pynq = load_target("pynq-z2")
+    assert (pynq.resources.lut, pynq.resources.ff, pynq.resources.dsp, pynq.resources.bram18) == (53200, 106400, 220, 280)
+    assert pynq.cpu.clock_mhz == 650 and pynq.clock_mhz == 100
+    assert all(load_target(n).sources for n in target_names())
+
+
+def test_exact_requantization_is_exact_on_tfc(data_dir):
+    import qonnx.core.onnx_exec as oxe
+
+    loaded = load_model(data_dir / "TFC_2W2A.onnx")
+    canonical = canonicalize(loaded.model)
+    ops = [n.op_type for n in canonical.model.graph.node]
+    assert "BatchNormalization" not in ops and ops.count("Quant") == 4
+    x = np.load(data_dir / "mnist_test_300.npz")["x"][:20]
+    name_o, name_c = loaded.model.graph.input[0].name, canonical.model.graph.input[0].name
+    for sample in x:
+        ref = oxe.execute_onnx(loaded.model, {name_o: sample[None]}, return_full_exec_context=True)
+        can = oxe.execute_onnx(canonical.model, {name_c: sample[None]}, return_full_exec_context=True)
+        np.testing.assert_allclose(ref[loaded.model.graph.output[0].name], can[canonical.model.graph.output[0].name], atol=1e-5)
