@@ -226,6 +226,28 @@ def _refresh_templates(hm) -> None:
                 template.transform(hm, layer)
 
 
+def _make_weights_relocatable(project_dir: Path, project_name: str) -> None:
+    """Let the C-sim library find its weight files relative to itself instead of at a fixed path.
+
+    hls4ml bakes the absolute weights folder into the library at compile time, which breaks once
+    edgec moves the finished build from its staging folder into place (or a user copies it).
+    """
+    from edgec import __version__
+    from edgec.templating import render
+
+    header = project_dir / "firmware" / "edgec_weights_dir.h"
+    header.write_text(render("edgec_weights_dir.h.j2", edgec_version=__version__, project_name=project_name, fallback_dir="firmware/weights"))
+    script = project_dir / "build_lib.sh"
+    text = script.read_text()
+    fixed_dir = 'WEIGHTS_DIR="\\"${BASEDIR}/firmware/weights\\""'
+    includes = 'INCFLAGS="-Ifirmware/ap_types/"'
+    if fixed_dir not in text or includes not in text:
+        raise ToolchainError("hls4ml's build_lib.sh changed: cannot make the weights folder relocatable", hint="check the pinned hls4ml version")
+    text = text.replace(fixed_dir, 'WEIGHTS_DIR="edgec_weights_dir()"')
+    text = text.replace(includes, 'INCFLAGS="-Ifirmware/ap_types/ -include firmware/edgec_weights_dir.h"')
+    script.write_text(text)
+
+
 def _onnx_node_for(layer) -> str:
     name = layer.name
     return name[len("Dense_"):] if name.startswith("Dense_") else name
@@ -330,14 +352,14 @@ def lower(model: ModelWrapper, plan: LoweringPlan, target: Target, project_dir: 
                 part=target.part,
                 clock_period=round(target.clock_period_ns, 3),
                 io_type=plan.io_type,
-                # weights live in the headers only, so a build folder stays valid after it is moved
-                write_weights_txt=False,
             )
         apply_types(hm, model, plan)
         _refresh_templates(hm)
         converted = time.perf_counter()
         with _quiet():
-            hm.compile()
+            hm.write()
+            _make_weights_relocatable(project_dir, project_name)
+            hm._compile()  # hls4ml's compile() minus the write(), which would undo the patch above
         compiled = time.perf_counter()
     except Exception as exc:  # hls4ml raises bare Exceptions; g++ errors come as RuntimeError
         raise ToolchainError(f"hls4ml failed to lower the model: {str(exc).splitlines()[0][:300]}") from exc
