@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,40 @@ def _set_weight_type(layer, wname: str, ftype: FixedType) -> None:
     layer.set_attr(f"{wname}_t", fresh)
 
 
+def _named_type(name: str, ftype: FixedType):
+    """A fresh backend (ap_fixed) type with its own typedef name."""
+    from hls4ml.backends.fpga.fpga_types import APTypeConverter, HLSTypeConverter
+    from hls4ml.model.types import NamedType
+
+    converter = HLSTypeConverter(precision_converter=APTypeConverter())
+    return converter.convert(NamedType(sanitize_identifier(name), ftype.to_hls4ml_precision()))
+
+
+# Softmax look-up tables are indexed by the top bits of their input types, so the types decide the
+# table resolution (hls4ml nnet_activation.h, softmax_stable). edgec sizes them to the values
+# they hold; hls4ml's defaults (fixed<18,8> everywhere) index the 1/sum table in steps of 0.25.
+SOFTMAX_TABLE_BITS = 18  # one BRAM18 word (UG473: 18 Kib blocks, 18-bit wide ports)
+SOFTMAX_NORM_INTEGER_BITS = 4  # x_max - x saturates at 16: exp(-16) = 1.1e-7, below one table LSB
+# 12 index bits: exp(-d) steps of 16/4096 (0.4% relative); 1/sum off by < 2^-8 for 10 classes.
+# Each table is 4096 x 18 bits = 4 BRAM18.
+SOFTMAX_TABLE_SIZE = 4096
+
+
+def _configure_softmax(layer, width: int) -> None:
+    n = int(layer.get_attr("n_slice") or layer.get_attr("n_in"))
+    sum_int = int(math.floor(math.log2(max(n, 1)))) + 1  # the sum of n exponentials is in [1, n]
+    frac = SOFTMAX_TABLE_BITS - 1
+    name = layer.name
+    layer.set_attr("inp_norm_t", _named_type(f"{name}_inp_norm_t", FixedType(width, SOFTMAX_NORM_INTEGER_BITS, False, "RND", "SAT")))
+    layer.set_attr("exp_table_t", _named_type(f"{name}_exp_table_t", FixedType(SOFTMAX_TABLE_BITS, 1, False, "RND", "SAT")))
+    layer.set_attr("accum_t", _named_type(f"{name}_accum_t", FixedType(sum_int + frac, sum_int, False, "RND", "SAT")))
+    layer.set_attr("inv_inp_t", _named_type(f"{name}_inv_inp_t", FixedType(sum_int + frac, sum_int, False, "TRN", "SAT")))
+    layer.set_attr("inv_table_t", _named_type(f"{name}_inv_table_t", FixedType(SOFTMAX_TABLE_BITS, 1, False, "RND", "SAT")))
+    layer.set_attr("exp_table_size", SOFTMAX_TABLE_SIZE)
+    layer.set_attr("inv_table_size", SOFTMAX_TABLE_SIZE)
+    _set_result(layer, FixedType(width, 1, False, "RND", "SAT"))  # probabilities in [0, 1]
+
+
 def _n_terms(layer) -> int:
     if layer.class_name == "Dense":
         return int(layer.get_attr("n_in"))
@@ -199,10 +234,10 @@ def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
                 _set_result(layer, chosen)
         elif cls in ("Pooling1D", "Pooling2D", "GlobalPooling1D", "GlobalPooling2D") and in_t is not None:
             _set_result(layer, in_t)
-        elif cls != "Softmax" or calibrated(out) is not None:
+        elif cls == "Softmax":
+            _configure_softmax(layer, plan.width)
+        else:
             chosen = calibrated(out)
-            if cls == "Softmax":
-                chosen = FixedType(plan.width, 2, False, "RND", "SAT")  # probabilities in [0, 1]
             if chosen is not None:
                 _set_result(layer, chosen)
         final = _fixed_of(layer.get_output_variable().type.precision)

@@ -104,6 +104,11 @@ def _upgrade_opset(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     old = _default_opset(proto)
     if old >= MIN_OPSET:
         return proto
+    # IR < 4 requires every initializer to be a graph input too; the converter relies on it.
+    listed = {i.name for i in proto.graph.input}
+    for init in proto.graph.initializer:
+        if init.name not in listed:
+            proto.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
     # The converter only knows standard ops; models with custom (QONNX) ops that it declines keep
     # their opset, which qonnx and hls4ml read as they are.
     custom = [n for n in proto.graph.node if n.domain not in ("", "ai.onnx")]
