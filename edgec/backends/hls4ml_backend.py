@@ -140,6 +140,7 @@ def _named_type(name: str, ftype: FixedType):
 # they hold; hls4ml's defaults (fixed<18,8> everywhere) index the 1/sum table in steps of 0.25.
 SOFTMAX_TABLE_BITS = 18  # one BRAM18 word (UG473: 18 Kib blocks, 18-bit wide ports)
 SOFTMAX_NORM_INTEGER_BITS = 4  # x_max - x saturates at 16: exp(-16) = 1.1e-7, below one table LSB
+SOFTMAX_NORM_BITS = 16  # at least the 12 index bits the tables slice off the top
 # 12 index bits: exp(-d) steps of 16/4096 (0.4% relative); 1/sum off by < 2^-8 for 10 classes.
 # Each table is 4096 x 18 bits = 4 BRAM18.
 SOFTMAX_TABLE_SIZE = 4096
@@ -150,14 +151,14 @@ def _configure_softmax(layer, width: int) -> None:
     sum_int = int(math.floor(math.log2(max(n, 1)))) + 1  # the sum of n exponentials is in [1, n]
     frac = SOFTMAX_TABLE_BITS - 1
     name = layer.name
-    layer.set_attr("inp_norm_t", _named_type(f"{name}_inp_norm_t", FixedType(width, SOFTMAX_NORM_INTEGER_BITS, False, "RND", "SAT")))
+    layer.set_attr("inp_norm_t", _named_type(f"{name}_inp_norm_t", FixedType(SOFTMAX_NORM_BITS, SOFTMAX_NORM_INTEGER_BITS, False, "RND", "SAT")))
     layer.set_attr("exp_table_t", _named_type(f"{name}_exp_table_t", FixedType(SOFTMAX_TABLE_BITS, 1, False, "RND", "SAT")))
     layer.set_attr("accum_t", _named_type(f"{name}_accum_t", FixedType(sum_int + frac, sum_int, False, "RND", "SAT")))
     layer.set_attr("inv_inp_t", _named_type(f"{name}_inv_inp_t", FixedType(sum_int + frac, sum_int, False, "TRN", "SAT")))
     layer.set_attr("inv_table_t", _named_type(f"{name}_inv_table_t", FixedType(SOFTMAX_TABLE_BITS, 1, False, "RND", "SAT")))
     layer.set_attr("exp_table_size", SOFTMAX_TABLE_SIZE)
     layer.set_attr("inv_table_size", SOFTMAX_TABLE_SIZE)
-    _set_result(layer, FixedType(width, 1, False, "RND", "SAT"))  # probabilities in [0, 1]
+    _set_result(layer, FixedType(max(width, 2), 1, False, "RND", "SAT"))  # probabilities in [0, 1]
 
 
 def _n_terms(layer) -> int:
@@ -350,7 +351,9 @@ class HlsProject:
     def trace(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Per-layer outputs of the C simulation, keyed by hls4ml layer name."""
         flat = np.ascontiguousarray(x.reshape(x.shape[0], -1), dtype=np.float64)
-        with _quiet():
+        from edgec.runtime.csim import captured_c_stderr
+
+        with _quiet(), captured_c_stderr():
             _, traces = self.hm.trace(flat)
         return {k: np.asarray(v, dtype=np.float64).reshape(x.shape[0], -1) for k, v in traces.items()}
 

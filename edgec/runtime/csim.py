@@ -7,12 +7,38 @@ re-running the conversion.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import logging
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from edgec.errors import BuildFolderError
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def captured_c_stderr():
+    """Send what C++ code writes to stderr (ap_fixed warnings) to the log, not the user's terminal."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace")
+            if text.strip():
+                lines = text.strip().splitlines()
+                log.info("C simulation printed %d line(s) to stderr, first: %s", len(lines), lines[0][:200])
 
 
 class CSimulation:
@@ -37,9 +63,10 @@ class CSimulation:
         if flat.shape[1] != self.n_in:
             raise BuildFolderError(f"input has {flat.shape[1]} values per sample, the design takes {self.n_in}")
         out = np.zeros((flat.shape[0], self.n_out), dtype=np.float64)
-        for i in range(flat.shape[0]):
-            row_in = np.ascontiguousarray(flat[i])
-            row_out = np.zeros(self.n_out, dtype=np.float64)
-            self._fn(row_in, row_out)
-            out[i] = row_out
+        with captured_c_stderr():
+            for i in range(flat.shape[0]):
+                row_in = np.ascontiguousarray(flat[i])
+                row_out = np.zeros(self.n_out, dtype=np.float64)
+                self._fn(row_in, row_out)
+                out[i] = row_out
         return out
