@@ -74,10 +74,26 @@ def main(paths: list[Path]) -> None:
         "models": len(rows),
         "edgec_ok": sum(r["edgec"]["ok"] and r["edgec"]["argmax_agreement"] >= 0.99 for r in rows),
         "plain_hls4ml_ok": sum(r["plain_hls4ml"]["ok"] and r["plain_hls4ml"]["argmax_agreement"] >= 0.99 for r in rows),
+        "edgec_built": sum(r["edgec"]["ok"] for r in rows),
+        "plain_hls4ml_built": sum(r["plain_hls4ml"]["ok"] for r in rows),
     }
+    both = [r for r in rows if r["edgec"]["ok"] and r["plain_hls4ml"]["ok"]]
+    if both:
+        summary["median_max_abs_error"] = {
+            "edgec": float(np.median([r["edgec"]["max_abs_error"] for r in both])),
+            "plain_hls4ml": float(np.median([r["plain_hls4ml"]["max_abs_error"] for r in both])),
+        }
+        summary["median_build_seconds"] = {
+            "edgec": float(np.median([r["edgec"]["seconds"] for r in both])),
+            "plain_hls4ml": float(np.median([r["plain_hls4ml"]["seconds"] for r in both])),
+        }
     print(json.dumps({"summary": summary, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
-    args = [Path(a) for a in sys.argv[1:]] or sorted(DATA.glob("*.onnx")) + [Path(__file__).resolve().parent.parent / "examples/models/digits_cnn.onnx"]
+    args = [Path(a) for a in sys.argv[1:]] or (
+        sorted(DATA.glob("*.onnx"))
+        + [Path(__file__).resolve().parent.parent / "examples/models/digits_cnn.onnx"]
+        + sorted((DATA / "costval" / "models").glob("*.onnx"))
+    )
     main(args)

@@ -48,6 +48,30 @@ def _add_missing_gemm_bias(model: ModelWrapper) -> None:
             node.input.append(name)
 
 
+def _fill_conv_defaults(model: ModelWrapper) -> None:
+    """Write out Conv/pooling attributes ONNX lets exporters omit; qonnx's layout passes need them."""
+    from onnx import helper
+
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "MaxPool", "AveragePool"):
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        if "kernel_shape" in attrs:
+            spatial = len(attrs["kernel_shape"].ints)
+        else:
+            w_shape = model.get_tensor_shape(node.input[1]) if node.op_type == "Conv" else None
+            if not w_shape:
+                continue
+            spatial = len(w_shape) - 2
+            node.attribute.append(helper.make_attribute("kernel_shape", list(w_shape[2:])))
+        defaults = {"strides": [1] * spatial, "pads": [0] * (2 * spatial)}
+        if node.op_type == "Conv":
+            defaults.update({"dilations": [1] * spatial, "group": 1})
+        for name, value in defaults.items():
+            if name not in attrs and not (name == "pads" and "auto_pad" in attrs):
+                node.attribute.append(helper.make_attribute(name, value))
+
+
 def _push_transposes_into_weight_quantizers(model: ModelWrapper) -> None:
     """Transpose(Quant(W)) -> Quant(W^T): keeps weight quantizers next to their MatMul/Conv."""
     for node in list(model.graph.node):
@@ -119,6 +143,7 @@ def canonicalize(model: ModelWrapper) -> CanonicalModel:
     model = cleanup_model(model)
     passes.append({"name": "qonnx.cleanup", "params": {}, "seconds": round(time.perf_counter() - start, 4)})
     _add_missing_gemm_bias(model)
+    _fill_conv_defaults(model)
     model = _run(model, GemmToMatMul(), passes, "qonnx.GemmToMatMul")
     _push_transposes_into_weight_quantizers(model)
     model = _run(model, FoldConstantQuantizers(only_non_weights=True), passes, "edgec.FoldConstantQuantizers", weights=False)
