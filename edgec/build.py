@@ -141,10 +141,11 @@ def build(
         csim = CSimulation.from_project(staging / "hls", project.project_name, meta["n_in"], meta["n_out"])
         simulated = from_canonical_layout(csim.run(x_canon), canon_out, canonical.output_perm)
         reference, reference_name = reference_outputs(loaded.model, x, loaded.is_qonnx)
-        verification = {"reference": reference_name, "data": data_desc, **compare(reference, simulated, y)}
+        resolution = project.output_resolution(reference)
+        verification = {"reference": reference_name, "data": data_desc, **compare(reference, simulated, y, resolution)}
         verification["min_agreement"] = min_agreement
         verification["first_divergence"] = None
-        if verification["argmax_agreement"] < min_agreement:
+        if verification["decisive_agreement"] < min_agreement:
             verification["first_divergence"] = first_divergence(project, canonical.model, x_canon)
         lap("verify")
         report = {
@@ -182,11 +183,11 @@ def build(
         write_report(report, staging / "report.json")
         (staging / "summary.txt").write_text(render_summary(report) + "\n")
         (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if verification["argmax_agreement"] < min_agreement:
+        if verification["decisive_agreement"] < min_agreement:
             div = verification["first_divergence"]
             where = f"; first diverging layer: {div['layer']} (max abs error {div['max_abs_error']:.3g})" if div else ""
             raise VerificationError(
-                f"C simulation agrees with the reference on {verification['argmax_agreement'] * 100:.1f}% of samples, "
+                f"C simulation agrees with the reference on {verification['decisive_agreement'] * 100:.1f}% of samples, "
                 f"below the required {min_agreement * 100:.1f}%{where}",
                 hint="lower --min-agreement to keep the build anyway, or raise --width",
             )

@@ -48,13 +48,49 @@ def load_data(path: str | Path, input_shape: list[int]) -> tuple[np.ndarray, np.
     return x.astype(np.float32), y
 
 
+def _scalar_const(model: ModelWrapper, node, data_input: str) -> float | None:
+    others = [i for i in node.input if i != data_input]
+    value = model.get_initializer(others[0]) if len(others) == 1 else None
+    return float(np.asarray(value).reshape(-1)[0]) if value is not None and np.asarray(value).size == 1 else None
+
+
 def input_domain(model: ModelWrapper) -> dict:
-    """The quantized domain the model declares for its input, if its first op is a quantizer."""
-    name = model.graph.input[0].name
-    consumers = model.find_consumers(name) or []
-    if len(consumers) != 1:
+    """The quantized domain the model declares for its input: a quantizer on the input, possibly
+    behind reshapes and scalar affine preprocessing (e.g. ``x * 2 - 1``), which is inverted so the
+    domain is given in the input's own units (``x = (q - offset) / gain``)."""
+    tensor = model.graph.input[0].name
+    gain, offset = 1.0, 0.0
+    for _ in range(8):
+        consumers = model.find_consumers(tensor) or []
+        if len(consumers) != 1:
+            return {"kind": "real"}
+        node = consumers[0]
+        if node.op_type in ("Reshape", "Flatten", "Transpose", "Identity"):
+            tensor = node.output[0]
+            continue
+        if node.op_type in ("Mul", "Div", "Add", "Sub") and node.input[0] == tensor:
+            const = _scalar_const(model, node, tensor)
+            if const is None or (node.op_type in ("Mul", "Div") and const == 0):
+                return {"kind": "real"}
+            if node.op_type == "Mul":
+                gain, offset = gain * const, offset * const
+            elif node.op_type == "Div":
+                gain, offset = gain / const, offset / const
+            elif node.op_type == "Add":
+                offset += const
+            else:
+                offset -= const
+            tensor = node.output[0]
+            continue
+        break
+    else:
         return {"kind": "real"}
-    node = consumers[0]
+    domain = _quantizer_domain(model, node)
+    domain.update({"gain": gain, "offset": offset})
+    return domain
+
+
+def _quantizer_domain(model: ModelWrapper, node) -> dict:
     if node.op_type == "BipolarQuant":
         scale = model.get_initializer(node.input[1])
         return {"kind": "bipolar", "scale": float(np.asarray(scale).reshape(-1)[0]) if scale is not None else 1.0}
@@ -72,16 +108,24 @@ def input_domain(model: ModelWrapper) -> dict:
 
 def random_inputs(model: ModelWrapper, n: int = DEFAULT_RANDOM_SAMPLES, seed: int = 0) -> tuple[np.ndarray, str]:
     """Deterministic inputs from the input's quantized domain, or a standard normal otherwise."""
+    from qonnx.util.cleanup import cleanup_model
+
     shape = [n, *model.get_tensor_shape(model.graph.input[0].name)[1:]]
     rng = np.random.default_rng(seed)
-    domain = input_domain(model)
+    # cleanup folds exporter shape arithmetic (Shape/Gather/Concat feeding a Reshape) without
+    # touching the input's layout, so the path from the input to its quantizer becomes visible.
+    domain = input_domain(cleanup_model(model))
     if domain["kind"] == "bipolar":
-        x = rng.choice([-1.0, 1.0], size=shape) * domain["scale"]
+        q = rng.choice([-1.0, 1.0], size=shape) * domain["scale"]
+        x = (q - domain["offset"]) / domain["gain"]
         description = "random bipolar (+-1) inputs"
     elif domain["kind"] == "int":
         levels = rng.integers(domain["low"], domain["high"] + 1, size=shape)
-        x = (levels - domain["zeropt"]) * domain["scale"]
+        q = (levels - domain["zeropt"]) * domain["scale"]
+        x = (q - domain["offset"]) / domain["gain"]
         description = f"random integer inputs in [{domain['low']}, {domain['high']}] x scale {domain['scale']:g}"
+        if (domain["gain"], domain["offset"]) != (1.0, 0.0):
+            description += f" before the model's x*{domain['gain']:g}{domain['offset']:+g}"
     else:
         x = rng.standard_normal(shape)
         description = "random standard-normal inputs"

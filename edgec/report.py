@@ -42,6 +42,11 @@ def render_summary(report: dict) -> str:
         f"verification vs {ver['reference']} on {ver['n_samples']} samples ({ver.get('data', '')}): "
         f"argmax agreement {ver['argmax_agreement'] * 100:.2f}%, max abs error {ver['max_abs_error']:.3g}{acc}"
     )
+    if ver.get("near_ties"):
+        lines.append(
+            f"  {ver['near_ties']} sample(s) are near-ties (top classes closer than the output resolution); "
+            f"agreement on the rest {ver['decisive_agreement'] * 100:.2f}%"
+        )
     if ver.get("first_divergence"):
         div = ver["first_divergence"]
         lines.append(f"first diverging layer: {div['layer']} (max abs error {div['max_abs_error']:.3g})")

@@ -25,12 +25,25 @@ def reference_outputs(model: ModelWrapper, x: np.ndarray, is_qonnx: bool) -> tup
     return np.stack([np.asarray(o, dtype=np.float64).reshape(-1) for o in outs]), "onnxruntime"
 
 
-def compare(reference: np.ndarray, simulated: np.ndarray, labels: np.ndarray | None) -> dict:
-    """Max abs error, argmax agreement and (with labels) both accuracies."""
+def compare(reference: np.ndarray, simulated: np.ndarray, labels: np.ndarray | None, resolution: np.ndarray | float = 0.0) -> dict:
+    """Max abs error, argmax agreement and (with labels) both accuracies.
+
+    ``argmax_agreement`` is strict. ``decisive_agreement`` leaves out near-ties: samples where the
+    reference's values at the two disagreeing classes differ by no more than ``resolution`` (per
+    sample or scalar), the smallest difference the design's output can represent. No
+    finite-precision design can order such classes the way float32 does.
+    """
+    ref_arg, sim_arg = reference.argmax(-1), simulated.argmax(-1)
+    rows = np.arange(reference.shape[0])
+    margin = reference[rows, ref_arg] - reference[rows, sim_arg]
+    tie = (ref_arg != sim_arg) & (margin <= np.broadcast_to(resolution, margin.shape))
+    decisive = ~tie
     result = {
         "n_samples": int(reference.shape[0]),
         "max_abs_error": float(np.max(np.abs(reference - simulated))) if reference.size else 0.0,
-        "argmax_agreement": float(np.mean(reference.argmax(-1) == simulated.argmax(-1))),
+        "argmax_agreement": float(np.mean(ref_arg == sim_arg)),
+        "decisive_agreement": float(np.mean((ref_arg == sim_arg)[decisive])) if decisive.any() else 1.0,
+        "near_ties": int(tie.sum()),
         "accuracy_reference": None,
         "accuracy_simulated": None,
     }

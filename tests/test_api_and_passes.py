@@ -62,3 +62,15 @@ def test_exact_requantization_is_exact_on_tfc(data_dir):
         ref = oxe.execute_onnx(loaded.model, {name_o: sample[None]}, return_full_exec_context=True)
         can = oxe.execute_onnx(canonical.model, {name_c: sample[None]}, return_full_exec_context=True)
         np.testing.assert_allclose(ref[loaded.model.graph.output[0].name], can[canonical.model.graph.output[0].name], atol=1e-5)
+
+
+def test_random_inputs_follow_the_declared_input_domain(data_dir):
+    from edgec.data import random_inputs
+
+    x, description = random_inputs(load_model(data_dir / "TFC_2W2A.onnx").model, 50)
+    assert set(np.unique(x)) <= {0.0, 0.5, 1.0}  # x*2-1 lands on the 2-bit quantizer's levels
+    assert "before the model's x*2-1" in description
+    xb, description = random_inputs(load_model(data_dir / "bnn_model_fc_1layer.onnx").model, 50)
+    assert set(np.unique(xb)) == {-1.0, 1.0} and "bipolar" in description
+    xr, description = random_inputs(load_model(data_dir / "three_layer_keras.onnx").model, 50)
+    assert "standard-normal" in description and xr.std() > 0.5

@@ -161,6 +161,20 @@ def _configure_softmax(layer, width: int) -> None:
     _set_result(layer, FixedType(max(width, 2), 1, False, "RND", "SAT"))  # probabilities in [0, 1]
 
 
+def output_resolution(last_op: str, result_precision: str, reference: np.ndarray) -> np.ndarray:
+    """Smallest output difference a design resolves, per sample of ``reference``.
+
+    After a Softmax it is one step of the exponential table (relative to the largest probability);
+    otherwise two LSBs of the output type (one for rounding each of the two values compared).
+    """
+    peak = np.max(np.abs(reference), axis=-1)
+    if last_op == "Softmax":
+        return peak * (2.0**SOFTMAX_NORM_INTEGER_BITS / SOFTMAX_TABLE_SIZE)
+    match = re.search(r"fixed<(\d+),(-?\d+)", result_precision)
+    lsb = 2.0 ** -(int(match.group(1)) - int(match.group(2))) if match else 0.0
+    return np.full(reference.shape[0], 2 * lsb)
+
+
 def _n_terms(layer) -> int:
     if layer.class_name == "Dense":
         return int(layer.get_attr("n_in"))
@@ -340,6 +354,10 @@ class HlsProject:
         self.layers = layers
         self.project_dir = project_dir
         self.project_name = project_name
+
+    def output_resolution(self, reference: np.ndarray) -> np.ndarray:
+        """Per sample, the smallest output difference the design resolves (see verify.compare)."""
+        return output_resolution(self.layers[-1].op, self.layers[-1].precision.get("result", ""), reference)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Run the compiled C simulation on a batch in the canonical (hls4ml) layout."""
