@@ -66,7 +66,9 @@ def _fixed_of(precision) -> FixedType | None:
     if isinstance(precision, XnorPrecisionType):
         return FixedType(2, 2)  # a bipolar value, +-1
     if isinstance(precision, FixedPrecisionType):
-        return FixedType(precision.width, precision.integer, precision.signed)
+        rounding = getattr(getattr(precision, "rounding_mode", None), "name", "TRN") or "TRN"
+        saturation = getattr(getattr(precision, "saturation_mode", None), "name", "WRAP") or "WRAP"
+        return FixedType(precision.width, precision.integer, precision.signed, rounding, saturation)
     if isinstance(precision, IntegerPrecisionType):
         return FixedType(precision.width, precision.width, precision.signed)
     return None
@@ -144,6 +146,28 @@ SOFTMAX_NORM_BITS = 16  # at least the 12 index bits the tables slice off the to
 # 12 index bits: exp(-d) steps of 16/4096 (0.4% relative); 1/sum off by < 2^-8 for 10 classes.
 # Each table is 4096 x 18 bits = 4 BRAM18.
 SOFTMAX_TABLE_SIZE = 4096
+
+
+# Table-based activations (hls4ml nnet_activation.h): sigmoid tabulates [-8, 8), tanh [-4, 4),
+# ELU the negative half-axis, each in table_size steps. The default 1024 entries of fixed<18,8>
+# give errors near 5e-3; 4096 entries of a type fitted to the output range bring them near 1e-3.
+TABLE_ACTIVATIONS = {  # activation -> (integer bits, signed) of the table values
+    "sigmoid": (1, False),  # (0, 1)
+    "tanh": (2, True),  # (-1, 1)
+    "elu": (2, True),  # (-alpha, 0] for alpha <= 1
+}
+ACTIVATION_TABLE_SIZE = 4096  # 4 BRAM18 per table (UG473: 18 Kib per BRAM18)
+
+
+def _configure_table_activation(layer) -> bool:
+    activation = str(layer.get_attr("activation") or "").lower()
+    if activation not in TABLE_ACTIVATIONS or "table_t" not in layer.types:
+        return False
+    integer, signed = TABLE_ACTIVATIONS[activation]
+    ftype = FixedType(SOFTMAX_TABLE_BITS, integer, signed, "RND", "SAT")
+    layer.set_attr("table_t", _named_type(f"{layer.name}_table_t", ftype))
+    layer.set_attr("table_size", ACTIVATION_TABLE_SIZE)
+    return True
 
 
 def _configure_softmax(layer, width: int) -> None:
@@ -251,6 +275,10 @@ def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
             _set_result(layer, in_t)
         elif cls == "Softmax":
             _configure_softmax(layer, plan.width)
+        elif _configure_table_activation(layer):
+            chosen = calibrated(out)
+            if chosen is not None:
+                _set_result(layer, chosen)
         else:
             chosen = calibrated(out)
             if chosen is not None:
