@@ -281,6 +281,8 @@ def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
                 _set_result(layer, chosen)
         else:
             chosen = calibrated(out)
+            if chosen is None and in_t is not None:
+                chosen = in_t  # a layer hls4ml inserted (e.g. ZeroPadding2D): it only moves values
             if chosen is not None:
                 _set_result(layer, chosen)
         final = _fixed_of(layer.get_output_variable().type.precision)
