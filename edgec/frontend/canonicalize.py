@@ -25,6 +25,7 @@ from edgec.frontend.support import check_supported
 from edgec.passes.exact_requant import ExactRequantization
 from edgec.passes.fold_affine import FoldAffineIntoLinear
 from edgec.passes.fold_quant_constants import FoldConstantQuantizers
+from edgec.passes.rewrite_for_hls4ml import RewriteForHls4ml
 
 
 @dataclass
@@ -138,6 +139,7 @@ def canonicalize(model: ModelWrapper) -> CanonicalModel:
     """Return the canonical form of ``model`` (the input is not modified)."""
     passes: list[dict] = []
     model = ModelWrapper(model.model.__deepcopy__())
+    model = _run(model, RewriteForHls4ml(), passes, "edgec.RewriteForHls4ml")
     check_supported(model, after_canonicalization=False)  # with the user's own node names
     start = time.perf_counter()
     model = cleanup_model(model)

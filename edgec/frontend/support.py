@@ -14,6 +14,8 @@ LOWERABLE = {
     "Div", "Max", "Min", "Sum", "Concat", "MaxPool", "GlobalMaxPool", "Flatten", "Reshape",
     "Transpose", "Quant", "BipolarQuant", "Identity", "Dropout", "Pad",
 }
+# Ops edgec.passes.rewrite_for_hls4ml replaces with ops hls4ml lowers correctly.
+REWRITTEN = {"PRelu": "PRelu needs constant slopes to be rewritten", "GlobalAveragePool": "needs a known input shape"}
 # Ops that canonicalization removes (folded into constants or neighbouring layers).
 CANONICALIZED_AWAY = {
     "Gemm", "Constant", "Shape", "Gather", "Unsqueeze", "Squeeze", "Cast", "ConstantOfShape",
@@ -23,9 +25,8 @@ CANONICALIZED_AWAY = {
 }
 # Ops hls4ml reads but gets wrong or rejects in single-op tests (STACK-NOTES): reported, not lowered.
 KNOWN_BROKEN = {
-    "AveragePool": "hls4ml's ONNX reader needs a channels-last AveragePool qonnx does not produce",
-    "GlobalAveragePool": "hls4ml's GlobalAveragePool is off by up to 0.16 in C simulation",
-    "PRelu": "hls4ml's ONNX reader does not read PRelu",
+    "AveragePool": "only unpadded AveragePool (or one counting its padding) is lowered, as a depthwise "
+    "convolution; an average that excludes padding has a different divisor at each border position",
     "Resize": "hls4ml's Resize is wrong in C simulation",
     "ConvTranspose": "hls4ml has no ONNX ConvTranspose",
 }
@@ -49,7 +50,7 @@ def _attribute_problem(model: ModelWrapper, node) -> str | None:
 
 def unsupported_nodes(model: ModelWrapper, after_canonicalization: bool) -> list[tuple[str, str, str]]:
     """Return (node name, op type, reason) for every node edgec cannot lower."""
-    allowed = set(LOWERABLE) if after_canonicalization else LOWERABLE | CANONICALIZED_AWAY
+    allowed = set(LOWERABLE) if after_canonicalization else LOWERABLE | CANONICALIZED_AWAY | set(REWRITTEN)
     found = []
     for index, node in enumerate(model.graph.node):
         name = node.name or f"#{index}"
@@ -59,7 +60,9 @@ def unsupported_nodes(model: ModelWrapper, after_canonicalization: bool) -> list
         elif problem:
             found.append((name, node.op_type, problem))
         elif node.op_type not in allowed:
-            if after_canonicalization and node.op_type in CANONICALIZED_AWAY:
+            if after_canonicalization and node.op_type in REWRITTEN:
+                reason = f"could not be rewritten for hls4ml: {REWRITTEN[node.op_type]}"
+            elif after_canonicalization and node.op_type in CANONICALIZED_AWAY:
                 reason = "not constant, so it could not be folded away"
             else:
                 reason = "no HLS implementation"

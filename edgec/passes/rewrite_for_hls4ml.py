@@ -1,0 +1,115 @@
+"""Rewrite ops hls4ml's ONNX reader cannot take into equivalent ops it lowers correctly.
+
+- PRelu with one slope for every channel -> LeakyRelu (Relu for slope 0); with per-channel slopes
+  -> Relu(x) - a * Relu(-x), which hls4ml lowers as activations, per-channel scales and a Sub.
+- GlobalAveragePool -> AveragePool over the whole feature map (then as below).
+- AveragePool without padding, or with padding counted (count_include_pad=1) -> a depthwise Conv
+  with weights 1/kernel_size (hls4ml's depthwise convolution). Exclusive averages over padded
+  borders have a different divisor per position and are left for the support check to report.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.transformation.base import Transformation
+
+
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+class RewriteForHls4ml(Transformation):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[dict] = []
+
+    def apply(self, model: ModelWrapper):
+        for node in list(model.graph.node):
+            if node.op_type == "PRelu" and self._prelu(model, node):
+                return model, True
+            if node.op_type == "AveragePool" and self._average_pool(model, node):
+                return model, True
+            if node.op_type == "GlobalAveragePool" and self._global_average_pool(model, node):
+                return model, True
+        return model, False
+
+    def _replace(self, model: ModelWrapper, old, new_nodes: list) -> None:
+        index = list(model.graph.node).index(old)
+        model.graph.node.remove(old)
+        for offset, new in enumerate(new_nodes):
+            model.graph.node.insert(index + offset, new)
+
+    def _prelu(self, model: ModelWrapper, node) -> bool:
+        slope = model.get_initializer(node.input[1])
+        shape = model.get_tensor_shape(node.input[0])
+        if slope is None or shape is None:
+            return False
+        x, y, name = node.input[0], node.output[0], node.name or "prelu"
+        flat = np.asarray(slope, dtype=np.float32).reshape(-1)
+        if np.all(flat == flat[0]):
+            alpha = float(flat[0])
+            new = helper.make_node("Relu", [x], [y], name=name) if alpha == 0 else helper.make_node("LeakyRelu", [x], [y], name=name, alpha=alpha)
+            self._replace(model, node, [new])
+            self.records.append({"node": name, "rewrite": f"PRelu -> {new.op_type}"})
+            return True
+        # Per-channel slopes: y = relu(x) - a * relu(-x), with a broadcast along the channel axis.
+        channels = flat.size
+        rank = len(shape)
+        axis = 1 if rank > 2 else rank - 1
+        if shape[axis] != channels:
+            return False
+        a_shape = [channels] + [1] * (rank - axis - 1)
+        names = {k: model.make_new_valueinfo_name() for k in ("neg", "neg_x", "relu_neg", "scaled", "relu_x", "minus_one", "a")}
+        model.set_initializer(names["minus_one"], np.array(-1.0, dtype=np.float32))
+        model.set_initializer(names["a"], flat.reshape(a_shape))
+        new_nodes = [
+            helper.make_node("Relu", [x], [names["relu_x"]], name=f"{name}_pos"),
+            helper.make_node("Mul", [x, names["minus_one"]], [names["neg_x"]], name=f"{name}_neg"),
+            helper.make_node("Relu", [names["neg_x"]], [names["relu_neg"]], name=f"{name}_negrelu"),
+            helper.make_node("Mul", [names["relu_neg"], names["a"]], [names["scaled"]], name=f"{name}_slope"),
+            helper.make_node("Sub", [names["relu_x"], names["scaled"]], [y], name=f"{name}_sub"),
+        ]
+        self._replace(model, node, new_nodes)
+        self.records.append({"node": name, "rewrite": "PRelu -> Relu(x) - a*Relu(-x)"})
+        return True
+
+    def _global_average_pool(self, model: ModelWrapper, node) -> bool:
+        """GlobalAveragePool is an AveragePool whose kernel is the whole feature map."""
+        shape = model.get_tensor_shape(node.input[0])
+        if shape is None or len(shape) < 3:
+            return False
+        kernel = list(shape[2:])
+        pool = helper.make_node("AveragePool", [node.input[0]], [node.output[0]], name=node.name or "gap", kernel_shape=kernel, strides=kernel)
+        self._replace(model, node, [pool])
+        return self._average_pool(model, pool)
+
+    def _average_pool(self, model: ModelWrapper, node) -> bool:
+        kernel = list(_attr(node, "kernel_shape", []))
+        pads = list(_attr(node, "pads", [0] * (2 * len(kernel))))
+        auto_pad = _attr(node, "auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        include_pad = int(_attr(node, "count_include_pad", 0))
+        if not kernel or int(_attr(node, "ceil_mode", 0)) or auto_pad not in ("NOTSET", "VALID"):
+            return False
+        if any(pads) and not include_pad:
+            return False
+        shape = model.get_tensor_shape(node.input[0])
+        if shape is None:
+            return False
+        channels = shape[1]
+        weight = np.full([channels, 1, *kernel], 1.0 / float(np.prod(kernel)), dtype=np.float32)
+        w_name = model.make_new_valueinfo_name()
+        model.set_initializer(w_name, weight)
+        strides = list(_attr(node, "strides", [1] * len(kernel)))
+        conv = helper.make_node(
+            "Conv", [node.input[0], w_name], [node.output[0]], name=node.name or "avgpool",
+            kernel_shape=kernel, strides=strides, pads=pads, group=channels, dilations=[1] * len(kernel),
+        )
+        self._replace(model, node, [conv])
+        self.records.append({"node": conv.name, "rewrite": "AveragePool -> depthwise Conv (1/k weights)"})
+        return True
