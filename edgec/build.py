@@ -20,7 +20,7 @@ import onnx
 from edgec import __version__
 from edgec.backends.hls4ml_backend import lower, sanitize_identifier
 from edgec.configure import plan_lowering
-from edgec.data import load_data, random_inputs
+from edgec.data import arrays_as_data, load_data, random_inputs
 from edgec.errors import OutputExistsError, VerificationError
 from edgec.frontend.canonicalize import canonicalize
 from edgec.frontend.load import load_model
@@ -80,14 +80,20 @@ def build(
     model: str | Path | onnx.ModelProto,
     target: str = "pynq-z2",
     output_dir: str | Path = "build",
-    data: str | Path | None = None,
+    data: str | Path | np.ndarray | tuple[np.ndarray, np.ndarray] | None = None,
     force: bool = False,
     min_agreement: float = 0.99,
     io_type: str | None = None,
     width: int = 16,
     random_samples: int = 200,
 ) -> BuildResult:
-    """Build ``model`` for ``target`` into ``output_dir`` and verify it; see the README."""
+    """Build ``model`` for ``target`` into ``output_dir`` and verify it.
+
+    ``model`` is a path or an ``onnx.ModelProto``. ``data`` is an .npz/.npy path, an array of inputs
+    in the model's layout, or an ``(x, y)`` tuple with integer labels; without it, deterministic
+    random inputs from the input's declared domain are used. Raises an :class:`edgec.errors.EdgecError`
+    subclass on any user-facing problem; nothing is left in ``output_dir`` unless the build verified.
+    """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -106,7 +112,10 @@ def build(
     canonical = canonicalize(loaded.model)
     lap("canonicalize")
     input_shape = loaded.model.get_tensor_shape(loaded.model.graph.input[0].name)
-    if data is not None:
+    if isinstance(data, (np.ndarray, tuple)):
+        x, y = arrays_as_data(data, input_shape)
+        data_desc = f"{x.shape[0]} samples given as arrays"
+    elif data is not None:
         x, y = load_data(data, input_shape)
         data_desc = f"{Path(data).name}"
     else:

@@ -13,6 +13,12 @@ from edgec.errors import DataError
 DEFAULT_RANDOM_SAMPLES = 200
 
 
+def arrays_as_data(data, input_shape: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Check in-memory data (an array of inputs, or an ``(x, y)`` tuple) like a data file."""
+    x, y = (data if isinstance(data, tuple) else (data, None))
+    return _checked(np.asarray(x), None if y is None else np.asarray(y), input_shape, "data")
+
+
 def load_data(path: str | Path, input_shape: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
     """Load ``x`` (and ``y`` if present) and check ``x`` against the model's input shape."""
     path = Path(path)
@@ -29,6 +35,10 @@ def load_data(path: str | Path, input_shape: list[int]) -> tuple[np.ndarray, np.
             raise DataError(f"{path}: no array named 'x' (found: {', '.join(loaded.files) or 'none'})")
         x = loaded["x"]
         y = loaded["y"] if "y" in loaded.files else None
+    return _checked(x, y, input_shape, str(path))
+
+
+def _checked(x: np.ndarray, y: np.ndarray | None, input_shape: list[int], path: str) -> tuple[np.ndarray, np.ndarray | None]:
     sample_shape = list(input_shape[1:])
     if list(x.shape[1:]) != sample_shape:
         if list(x.shape) == sample_shape:

@@ -74,3 +74,29 @@ def test_random_inputs_follow_the_declared_input_domain(data_dir):
     assert set(np.unique(xb)) == {-1.0, 1.0} and "bipolar" in description
     xr, description = random_inputs(load_model(data_dir / "three_layer_keras.onnx").model, 50)
     assert "standard-normal" in description and xr.std() > 0.5
+
+
+def test_api_takes_arrays_and_targets_the_board(tmp_path, data_dir):
+    data = np.load(data_dir / "mnist_test_300.npz")
+    result = edgec.build(data_dir / "TFC_2W2A.onnx", target="zcu104", output_dir=tmp_path / "z", data=(data["x"][:60], data["y"][:60]))
+    ver = result.report["verification"]
+    assert ver["n_samples"] == 60 and ver["accuracy_simulated"] == ver["accuracy_reference"]
+    tcl = (tmp_path / "z" / "hls" / "project.tcl").read_text()
+    assert 'set part "xczu7ev-ffvc1156-2-e"' in tcl and "set clock_period 5.0" in tcl
+    assert result.report["target"] == {"name": "zcu104", "part": "xczu7ev-ffvc1156-2-e", "clock_mhz": 200.0}
+
+
+def test_multi_output_model_is_refused(tmp_path):
+    import pytest
+    from onnx import TensorProto, helper
+
+    from edgec.errors import UnsupportedOpsError
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Sigmoid", ["x"], ["b"])], "two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 4]), helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 4])],
+    )
+    with pytest.raises(UnsupportedOpsError, match="2 outputs"):
+        edgec.build(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), output_dir=tmp_path / "m")
+    assert not (tmp_path / "m").exists()

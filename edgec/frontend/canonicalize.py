@@ -21,7 +21,7 @@ from qonnx.transformation.general import GiveReadableTensorNames, GiveUniqueNode
 from qonnx.transformation.infer_shapes import InferShapes
 from qonnx.util.cleanup import cleanup_model
 
-from edgec.frontend.support import check_supported
+from edgec.frontend.support import check_single_io, check_supported
 from edgec.passes.exact_requant import ExactRequantization
 from edgec.passes.fold_affine import FoldAffineIntoLinear
 from edgec.passes.fold_quant_constants import FoldConstantQuantizers
@@ -139,6 +139,7 @@ def canonicalize(model: ModelWrapper) -> CanonicalModel:
     """Return the canonical form of ``model`` (the input is not modified)."""
     passes: list[dict] = []
     model = ModelWrapper(model.model.__deepcopy__())
+    check_single_io(model)
     model = _run(model, RewriteForHls4ml(), passes, "edgec.RewriteForHls4ml")
     check_supported(model, after_canonicalization=False)  # with the user's own node names
     start = time.perf_counter()

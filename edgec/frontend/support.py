@@ -70,6 +70,19 @@ def unsupported_nodes(model: ModelWrapper, after_canonicalization: bool) -> list
     return found
 
 
+def check_single_io(model: ModelWrapper) -> None:
+    """edgec lowers one input tensor to one output tensor (hls4ml's ONNX path does the same)."""
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in inits]
+    outputs = [o.name for o in model.graph.output]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise UnsupportedOpsError(
+            f"model has {len(inputs)} inputs ({', '.join(inputs)}) and {len(outputs)} outputs ({', '.join(outputs)}); "
+            "edgec lowers single-input, single-output models",
+            hint="split the model, or export only the branch to deploy",
+        )
+
+
 def check_supported(model: ModelWrapper, after_canonicalization: bool) -> None:
     """Raise :class:`UnsupportedOpsError` listing every node that cannot be lowered."""
     bad = unsupported_nodes(model, after_canonicalization)
