@@ -14,9 +14,10 @@ import numpy as np
 import qonnx.core.onnx_exec as oxe
 from qonnx.core.modelwrapper import ModelWrapper
 
-from edgec.cost.resources import estimate_linear_layer
+from edgec.cost.resources import DSP_PORTS, estimate_linear_layer
 from edgec.errors import TargetFitError
 from edgec.fixed_point import FixedType, exact_type, range_type
+from edgec.passes.exact_requant import EXACT_MARK
 from edgec.targets import Target
 
 # Fraction of each FPGA resource a generated design may use: the rest is left for the AXI/DMA
@@ -101,7 +102,15 @@ def _bias_of(model: ModelWrapper, node) -> np.ndarray | None:
     return None
 
 
-def _layer_choice(model: ModelWrapper, node, plan_width: int, ranges: dict[str, float]) -> LayerChoice | None:
+def _exact_weight_limit(node, plan_width: int, target: Target) -> int:
+    """Widest exact weight type allowed: a layer the exact requantization pass produced may use the
+    DSP's wide port (its per-channel scale was folded into the weights), others the plan width."""
+    if EXACT_MARK in (node.doc_string or ""):
+        return max(plan_width, DSP_PORTS.get(target.dsp_kind, DSP_PORTS["DSP48E1"])[0])
+    return plan_width
+
+
+def _layer_choice(model: ModelWrapper, node, plan_width: int, ranges: dict[str, float], target: Target) -> LayerChoice | None:
     weight = model.get_initializer(node.input[1])
     if weight is None:
         return None
@@ -112,7 +121,9 @@ def _layer_choice(model: ModelWrapper, node, plan_width: int, ranges: dict[str, 
         n_out = weight.shape[0]
         n_in = int(np.prod(weight.shape[1:]))
         multiplies = n_in * n_out
-    weight_t = exact_type(weight, max_width=plan_width) or range_type(float(np.max(np.abs(weight))), plan_width)
+    weight_t = exact_type(weight, max_width=_exact_weight_limit(node, plan_width, target)) or range_type(
+        float(np.max(np.abs(weight))), plan_width
+    )
     bias = _bias_of(model, node)
     if bias is None:
         bias_t = FixedType(2, 2)
@@ -199,7 +210,7 @@ def plan_lowering(
     layers = {}
     for node in model.graph.node:
         if node.op_type in ("MatMul", "Conv"):
-            choice = _layer_choice(model, node, width, ranges)
+            choice = _layer_choice(model, node, width, ranges, target)
             if choice is not None:
                 layers[node.name] = choice
     notes = fit_to_target(layers, target)

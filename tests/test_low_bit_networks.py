@@ -102,3 +102,20 @@ def test_quantized_cnn_with_batchnorm_is_bit_exact(tmp_path):
     assert "integer inputs" in ver["data"]
     exact = next(p for p in result.report["passes"] if p["name"] == "edgec.ExactRequantization")
     assert [d["layer"] for d in exact["details"] if "layer" in d]
+
+
+def test_brevitas_float_scale_export_is_exact_where_quantized(tmp_path, data_dir):
+    """A real Brevitas export: float activation scales and BatchNorm -> QuantReLU."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.data[:300] / 16.0).astype(np.float32)
+    result = edgec.build(data_dir / "brevitas_digits_mlp.onnx", output_dir=tmp_path / "b", data=(x, digits.target[:300]))
+    ver = result.report["verification"]
+    assert ver["argmax_agreement"] == 1.0
+    assert ver["accuracy_simulated"] == ver["accuracy_reference"] > 0.9
+    assert ver["max_abs_error"] < 0.01  # plain hls4ml-style lowering was off by 0.128 here
+    passes = {p["name"]: p.get("details", []) for p in result.report["passes"]}
+    assert passes["edgec.QuantizerScalesToLevels"]  # the float scale moved into the next weights
+    exact = [d for d in passes["edgec.ExactRequantization"] if "layer" in d]
+    assert exact and "Relu" in exact[0]["replaced"] and "BatchNormalization" not in str(result.report["layers"])

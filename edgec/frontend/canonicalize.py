@@ -25,6 +25,7 @@ from edgec.frontend.support import check_single_io, check_supported
 from edgec.passes.exact_requant import ExactRequantization
 from edgec.passes.fold_affine import FoldAffineIntoLinear
 from edgec.passes.fold_quant_constants import FoldConstantQuantizers
+from edgec.passes.quant_levels import QuantizerScalesToLevels
 from edgec.passes.rewrite_for_hls4ml import RewriteForHls4ml
 
 
@@ -151,6 +152,8 @@ def canonicalize(model: ModelWrapper) -> CanonicalModel:
     _push_transposes_into_weight_quantizers(model)
     model = _run(model, FoldConstantQuantizers(only_non_weights=True), passes, "edgec.FoldConstantQuantizers", weights=False)
     model = _run(model, BatchNormToAffine(), passes, "qonnx.BatchNormToAffine")
+    model = model.transform(InferShapes())
+    model = _run(model, QuantizerScalesToLevels(), passes, "edgec.QuantizerScalesToLevels")
     model = model.transform(InferShapes())
     model = _run(model, ExactRequantization(), passes, "edgec.ExactRequantization")
     model = _run(model, FoldConstantQuantizers(), passes, "edgec.FoldConstantQuantizers", weights=True)

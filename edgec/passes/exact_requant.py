@@ -34,7 +34,10 @@ from edgec.passes.graph_utils import is_power_of_two, remove_nodes, single_consu
 
 log = logging.getLogger(__name__)
 
-CHAIN_OPS = ("Add", "Sub", "Mul", "Div", "BatchNormalization")
+# Elementwise ops the chain may hold: evaluated exactly as the model computes them, so anything
+# monotone per channel works (the LP below rejects a chain that is not an affine step function).
+CHAIN_OPS = ("Add", "Sub", "Mul", "Div", "BatchNormalization", "Relu")
+EXACT_MARK = "edgec:exact-requantized"  # in the layer's doc_string: its weights may be wide but exact
 MAX_TABLE_ROWS = 1 << 20  # enumerate at most ~1M accumulator values per layer
 MAX_FRACTION_BITS = 30
 
@@ -314,6 +317,7 @@ class ExactRequantization(Transformation):
             return self._skip(q_node, "rescaled weights are not exact in float32")
         old_w = layer.input[1]
         layer.input[1] = w_name
+        layer.doc_string = EXACT_MARK
         if single_consumer(model, old_w) is None and not model.find_consumers(old_w):
             model.graph.node.remove(w_quant_node)
         remove_nodes(model, chain)
