@@ -54,7 +54,7 @@ def bnn_with_batchnorm(seed=0) -> onnx.ModelProto:
 
 
 def quantized_cnn(seed=1) -> onnx.ModelProto:
-    """Quant(4b) input -> Conv(Quant 3b weights) -> BN -> Quant(3b) -> Flatten -> MatMul(Quant 3b)."""
+    """Quant(4b) input -> Conv(Quant 3b weights, float bias) -> BN -> Quant(3b) -> Flatten -> MatMul(Quant 3b)."""
     rng = np.random.default_rng(seed)
 
     def quant(name, inp, out, bits, signed=1, narrow=0):
@@ -64,12 +64,13 @@ def quantized_cnn(seed=1) -> onnx.ModelProto:
 
     inits = [_const("s1", 1.0), _const("z0", 0.0), _const("bits3", 3.0), _const("bits4", 4.0), _const("s_half", 0.5)]
     inits += [_const("wc", rng.normal(0, 2.0, (4, 2, 3, 3))), _const("wf", rng.normal(0, 2.0, (4 * 4 * 4, 5)))]
+    inits += [_const("bc", rng.normal(0, 1.5, 4))]  # a float convolution bias, as Brevitas exports
     bn, bn_inits = _bn("bn_c", 4, rng, "conv", "bn_out")
     inits += bn_inits
     nodes = [
         helper.make_node("Quant", ["x", "s_half", "z0", "bits4"], ["xq"], domain=QONNX, name="in_q", signed=1, narrow=0, rounding_mode="ROUND"),
         quant("wc_q", "wc", "wcq", 3),
-        helper.make_node("Conv", ["xq", "wcq"], ["conv"], name="conv0", kernel_shape=[3, 3], pads=[0, 0, 0, 0]),
+        helper.make_node("Conv", ["xq", "wcq", "bc"], ["conv"], name="conv0", kernel_shape=[3, 3], pads=[0, 0, 0, 0]),
         bn,
         quant("act_q", "bn_out", "act", 3, signed=0),
         helper.make_node("Flatten", ["act"], ["flat"], name="flatten", axis=1),
@@ -101,7 +102,7 @@ def test_quantized_cnn_with_batchnorm_is_bit_exact(tmp_path):
     assert ver["max_abs_error"] == 0.0
     assert "integer inputs" in ver["data"]
     exact = next(p for p in result.report["passes"] if p["name"] == "edgec.ExactRequantization")
-    assert [d["layer"] for d in exact["details"] if "layer" in d]
+    assert [d["layer"] for d in exact["details"] if "layer" in d] == ["Conv_0"]
 
 
 def test_brevitas_float_scale_export_is_exact_where_quantized(tmp_path, data_dir):

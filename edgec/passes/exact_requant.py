@@ -242,8 +242,11 @@ class ExactRequantization(Transformation):
             return False
         if single_consumer(model, layer.output[0]) is None:
             return False
-        if layer.op_type == "Conv" and len(layer.input) > 2:
-            return self._skip(q_node, "convolution with a built-in bias")
+        conv_bias = None
+        if layer.op_type == "Conv" and len(layer.input) > 2 and layer.input[2]:
+            conv_bias = model.get_initializer(layer.input[2])
+            if conv_bias is None:
+                return self._skip(q_node, "convolution bias is not constant")
         # The layer's input must come from an activation quantizer with a power-of-two scale.
         in_q = model.find_producer(layer.input[0])
         p_in = _quant_params(model, in_q) if in_q is not None and in_q.op_type in ("Quant", "BipolarQuant") else None
@@ -283,6 +286,8 @@ class ExactRequantization(Transformation):
         # Evaluate the reference chain on every accumulator value for every channel at once.
         shape_tail = [channels] if layer.op_type == "MatMul" else [channels, 1, 1]
         real = (acc.reshape(-1, 1) * (s_in * s_w).reshape(1, -1)).astype(np.float32)
+        if conv_bias is not None:  # the convolution adds its bias in float32 before the chain
+            real = (real + np.asarray(conv_bias, dtype=np.float32).reshape(1, -1)).astype(np.float32)
         chain_in = real.reshape(rows, *shape_tail)
         cm = _chain_model(model, chain, q_node, layer.output[0], rows, shape_tail)
         out = oxe.execute_onnx(cm, {layer.output[0]: chain_in})[q_node.output[0]]
@@ -333,7 +338,10 @@ class ExactRequantization(Transformation):
             del old_out
         else:
             model.set_initializer(b_name, bias.astype(np.float32))
-            layer.input.append(b_name)
+            if len(layer.input) > 2:
+                layer.input[2] = b_name  # the old bias is inside the new affine map
+            else:
+                layer.input.append(b_name)
             layer.output[0] = q_node.input[0]
         self.records.append(
             {
