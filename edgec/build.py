@@ -43,14 +43,6 @@ def from_canonical_layout(y: np.ndarray, canonical_out_shape: list[int], output_
     return y.reshape(y.shape[0], -1)
 
 
-def _choice_reason(plan, hls_layer_name: str) -> str | None:
-    """Why a Dense/Conv layer got its strategy and reuse factor (None for other layers)."""
-    for node, choice in plan.layers.items():
-        if hls_layer_name in (node, f"Dense_{node}") or hls_layer_name.endswith(f"_{node}"):
-            return choice.reason
-    return None
-
-
 @dataclass
 class BuildResult:
     """What ``edgec.build`` returns: the report, the folder, and the simulated design."""
@@ -180,7 +172,7 @@ def build(
                     "strategy": layer.strategy,
                     "reuse_factor": layer.reuse_factor,
                     "onnx_tensor": layer.onnx_tensor,
-                    "choice_reason": _choice_reason(plan, layer.name),
+                    "choice_reason": layer.choice_reason,
                 }
                 for layer in project.layers
             ],

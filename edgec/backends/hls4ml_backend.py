@@ -26,7 +26,7 @@ from edgec.targets import Target
 
 log = logging.getLogger(__name__)
 
-LINEAR_CLASSES = ("Dense", "Conv1D", "Conv2D", "PointwiseConv1D", "PointwiseConv2D")
+LINEAR_CLASSES = ("Dense", "Conv1D", "Conv2D", "PointwiseConv1D", "PointwiseConv2D", "DepthwiseConv1D", "DepthwiseConv2D")
 PASS_THROUGH_CLASSES = ("Reshape", "Transpose", "Flatten", "Repack", "Clone", "Concatenate")
 FUSABLE_OPS = ("Add", "Sub", "Mul", "Div", "BatchNormalization", "Quant", "BipolarQuant")
 QUANTIZER_OPS = ("Quant", "BipolarQuant")
@@ -58,6 +58,7 @@ class HlsLayer:
     precision: dict[str, str]
     strategy: str | None
     reuse_factor: int | None
+    choice_reason: str | None = None
 
 
 def _fixed_of(precision) -> FixedType | None:
@@ -117,12 +118,8 @@ def _set_result(layer, ftype: FixedType) -> None:
 
 def _set_weight_type(layer, wname: str, ftype: FixedType) -> None:
     """Give one weight its own typedef (hls4ml may share ``model_default_t`` between layers)."""
-    from hls4ml.backends.fpga.fpga_types import APTypeConverter, HLSTypeConverter
-    from hls4ml.model.types import NamedType
-
     var = layer.weights[wname]
-    converter = HLSTypeConverter(precision_converter=APTypeConverter())
-    fresh = converter.convert(NamedType(sanitize_identifier(f"{layer.name}_{wname}_t"), ftype.to_hls4ml_precision()))
+    fresh = _named_type(f"{layer.name}_{wname}_t", ftype)
     var.type = fresh
     var.update_precision(fresh.precision)
     layer.set_attr(f"{wname}_t", fresh)
@@ -203,6 +200,8 @@ def _n_terms(layer) -> int:
     if layer.class_name == "Dense":
         return int(layer.get_attr("n_in"))
     filt = int(layer.get_attr("filt_height", 1) or 1) * int(layer.get_attr("filt_width", 1) or 1)
+    if layer.class_name.startswith("Depthwise"):
+        return filt  # each output channel sees its own input channel only
     return filt * int(layer.get_attr("n_chan"))
 
 
@@ -233,8 +232,7 @@ def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
             if chosen is not None:
                 _set_result(layer, chosen)
         elif cls in LINEAR_CLASSES and in_t is not None:
-            onnx_node = _onnx_node_for(layer)
-            choice = plan.layers.get(onnx_node)
+            choice = plan.layers.get(_onnx_node_for(layer, plan))
             weight = layer.weights["weight"]
             w_t = (choice.weight_t if choice else None) or exact_type(weight.data_unquantized if hasattr(weight, "data_unquantized") else weight.data, plan.width) or range_type(float(np.max(np.abs(weight.data))), plan.width)
             if weight.type.precision.__class__.__name__ != "XnorPrecisionType":
@@ -328,9 +326,10 @@ def _make_weights_relocatable(project_dir: Path, project_name: str) -> None:
     script.write_text(text)
 
 
-def _onnx_node_for(layer) -> str:
-    name = layer.name
-    return name[len("Dense_"):] if name.startswith("Dense_") else name
+def _onnx_node_for(layer, plan: LoweringPlan) -> str | None:
+    """The ONNX MatMul/Conv a Dense/Conv layer came from: hls4ml names it ``<Class>_<node>``."""
+    matches = [node for node in plan.layers if layer.name == node or layer.name.endswith(f"_{node}")]
+    return max(matches, key=len) if matches else None
 
 
 def _hls_layer_info(layer, plan: LoweringPlan, model: ModelWrapper, hls_vars: set[str]) -> HlsLayer:
@@ -351,6 +350,7 @@ def _hls_layer_info(layer, plan: LoweringPlan, model: ModelWrapper, hls_vars: se
     if "result" not in precision:
         precision["result"] = str(out_var.type.precision)
     is_linear = layer.class_name in LINEAR_CLASSES
+    choice = plan.layers.get(_onnx_node_for(layer, plan)) if is_linear else None
     return HlsLayer(
         name=layer.name,
         op=layer.class_name,
@@ -362,6 +362,7 @@ def _hls_layer_info(layer, plan: LoweringPlan, model: ModelWrapper, hls_vars: se
         precision=precision,
         strategy=(layer.get_attr("strategy") or "latency").capitalize() if is_linear else None,
         reuse_factor=int(layer.get_attr("reuse_factor") or 1) if is_linear else None,
+        choice_reason=choice.reason if choice is not None else None,
     )
 
 
