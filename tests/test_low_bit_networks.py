@@ -120,3 +120,16 @@ def test_brevitas_float_scale_export_is_exact_where_quantized(tmp_path, data_dir
     assert passes["edgec.QuantizerScalesToLevels"]  # the float scale moved into the next weights
     exact = [d for d in passes["edgec.ExactRequantization"] if "layer" in d]
     assert exact and "Relu" in exact[0]["replaced"] and "BatchNormalization" not in str(result.report["layers"])
+
+
+def test_brevitas_cnn_with_maxpool_between_quantized_layers(tmp_path, data_dir):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images[:200] / 16.0).astype(np.float32)[:, None]
+    result = edgec.build(data_dir / "brevitas_digits_cnn.onnx", output_dir=tmp_path / "c", data=(x, digits.target[:200]))
+    ver = result.report["verification"]
+    assert ver["argmax_agreement"] == 1.0 and ver["accuracy_simulated"] == ver["accuracy_reference"]
+    assert ver["max_abs_error"] < 0.01  # without exact lowering: 0.48
+    exact = [d["layer"] for d in next(p for p in result.report["passes"] if p["name"] == "edgec.ExactRequantization")["details"] if "layer" in d]
+    assert exact == ["Conv_0", "Conv_1"]

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 # Elementwise ops the chain may hold: evaluated exactly as the model computes them, so anything
 # monotone per channel works (the LP below rejects a chain that is not an affine step function).
 CHAIN_OPS = ("Add", "Sub", "Mul", "Div", "BatchNormalization", "Relu")
+GRID_PRESERVING_OPS = ("MaxPool", "Reshape", "Flatten", "Transpose")
 EXACT_MARK = "edgec:exact-requantized"  # in the layer's doc_string: its weights may be wide but exact
 MAX_TABLE_ROWS = 1 << 20  # enumerate at most ~1M accumulator values per layer
 MAX_FRACTION_BITS = 30
@@ -247,8 +248,11 @@ class ExactRequantization(Transformation):
             conv_bias = model.get_initializer(layer.input[2])
             if conv_bias is None:
                 return self._skip(q_node, "convolution bias is not constant")
-        # The layer's input must come from an activation quantizer with a power-of-two scale.
+        # The layer's input must come from an activation quantizer with a power-of-two scale, possibly
+        # through ops that keep values on its grid (max-pooling picks one of them; reshapes move them).
         in_q = model.find_producer(layer.input[0])
+        while in_q is not None and in_q.op_type in GRID_PRESERVING_OPS and in_q.input:
+            in_q = model.find_producer(in_q.input[0])
         p_in = _quant_params(model, in_q) if in_q is not None and in_q.op_type in ("Quant", "BipolarQuant") else None
         if p_in is None:
             return self._skip(q_node, "layer input is not quantized")

@@ -19,7 +19,9 @@ from qonnx.transformation.base import Transformation
 
 from edgec.passes.graph_utils import is_power_of_two
 
-PASS_THROUGH = ("Reshape", "Flatten")
+# Ops between the quantizer and its consumers that commute with a positive scale s: max(s*a, s*b)
+# = s*max(a, b), and reshapes only move values.
+PASS_THROUGH = ("Reshape", "Flatten", "Transpose", "MaxPool")
 
 
 def _linear_consumers(model: ModelWrapper, tensor: str) -> list | None:
