@@ -43,6 +43,27 @@ def from_canonical_layout(y: np.ndarray, canonical_out_shape: list[int], output_
     return y.reshape(y.shape[0], -1)
 
 
+def _pass_decisions(passes: list[dict]) -> list[str]:
+    """One readable line per thing a pass decided, for the summary and report.decisions."""
+    lines = []
+    for record in passes:
+        for detail in record.get("details", []):
+            if record["name"] == "edgec.ExactRequantization" and "layer" in detail:
+                lo, hi = detail["accumulator_range"]
+                chain = " + ".join(detail["replaced"]) or "no affine ops"
+                lines.append(
+                    f"{detail['layer'] or 'layer'}: {chain} + {detail['quantizer']} lowered exactly "
+                    f"(fixed-point affine with {detail['fraction_bits']} fraction bits, checked on every accumulator value in [{lo}, {hi}])"
+                )
+            elif record["name"] == "edgec.ExactRequantization" and "skipped" in detail:
+                lines.append(f"{detail['quantizer']}: not lowered exactly ({detail['skipped']})")
+            elif record["name"] == "edgec.QuantizerScalesToLevels":
+                lines.append(f"{detail['quantizer']}: float scale {detail['scale']:.6g} moved into the next layer's weights")
+            elif record["name"] == "edgec.RewriteForHls4ml":
+                lines.append(f"{detail['node']}: {detail['rewrite']}")
+    return lines
+
+
 @dataclass
 class BuildResult:
     """What ``edgec.build`` returns: the report, the folder, and the simulated design."""
@@ -178,7 +199,7 @@ def build(
             ],
             "verification": verification,
             "passes": [{"name": p["name"], "params": p.get("params", {}), "seconds": p["seconds"], **({"details": p["details"]} if p.get("details") else {})} for p in canonical.passes],
-            "decisions": loaded.notes + plan.notes,
+            "decisions": loaded.notes + _pass_decisions(canonical.passes) + plan.notes,
             "timings": timings,
         }
         write_report(report, staging / "report.json")
