@@ -32,11 +32,12 @@ DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 
 def plain_hls4ml(path: Path, x: np.ndarray, out_dir: Path):
     import hls4ml
+    from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.transformation.channels_last import ConvertToChannelsLastAndClean
     from qonnx.transformation.gemm_to_matmul import GemmToMatMul
     from qonnx.util.cleanup import cleanup_model
 
-    model = cleanup_model(load_model(path).model)
+    model = cleanup_model(ModelWrapper(str(path)))  # as hls4ml documents it: no edgec loading
     if any(n.op_type == "Conv" for n in model.graph.node):
         model = model.transform(ConvertToChannelsLastAndClean(make_input_channels_last=True))
         x = x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
