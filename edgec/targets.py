@@ -9,7 +9,8 @@ import yaml
 
 from edgec.errors import UnknownTargetError
 
-TARGETS_DIR = Path(__file__).resolve().parent / "targets_data"
+# Board files live in the repository's targets/ folder (edgec is installed editable, `pip install -e .`).
+TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,7 @@ class Target:
 
 
 def _targets_dir() -> Path:
-    # Installed wheels carry the data inside the package; a source checkout keeps it in targets/.
-    repo_dir = Path(__file__).resolve().parent.parent / "targets"
-    return repo_dir if repo_dir.is_dir() else TARGETS_DIR
+    return TARGETS_DIR
 
 
 def target_names() -> list[str]:

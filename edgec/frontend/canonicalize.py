@@ -160,7 +160,6 @@ def canonicalize(model: ModelWrapper) -> CanonicalModel:
     model = _run(model, FoldAffineIntoLinear(), passes, "edgec.FoldAffineIntoLinear")
     model = model.transform(InferShapes())
     has_conv = any(n.op_type in ("Conv", "MaxPool", "AveragePool") for n in model.graph.node)
-    user_in = model.get_tensor_shape(model.graph.input[0].name)
     orig_out = model.get_tensor_shape(model.graph.output[0].name)
     absorbed = _absorb_input_transpose(model) if has_conv else None
     orig_in = model.get_tensor_shape(model.graph.input[0].name)
@@ -174,7 +173,6 @@ def canonicalize(model: ModelWrapper) -> CanonicalModel:
     new_in = model.get_tensor_shape(model.graph.input[0].name)
     new_out = model.get_tensor_shape(model.graph.output[0].name)
     input_perm = _compose(absorbed, _perm_between(orig_in, new_in))
-    del user_in
     output_perm = _perm_between(new_out, orig_out)
     return CanonicalModel(model, has_conv, input_perm, output_perm, passes)
 
