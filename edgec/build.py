@@ -11,6 +11,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +100,7 @@ def build(
     io_type: str | None = None,
     width: int = 16,
     random_samples: int = 200,
+    progress: Callable[[str], None] | None = None,
 ) -> BuildResult:
     """Build ``model`` for ``target`` into ``output_dir`` and verify it.
 
@@ -106,24 +108,27 @@ def build(
     in the model's layout, or an ``(x, y)`` tuple with integer labels; without it, deterministic
     random inputs from the input's declared domain are used. Raises an :class:`edgec.errors.EdgecError`
     subclass on any user-facing problem; nothing is left in ``output_dir`` unless the build verified.
+    ``progress``, if given, is called with a short line as each step finishes.
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
-    def lap(name: str) -> None:
+    def lap(name: str, detail: str = "") -> None:
         nonlocal clock
         now = time.perf_counter()
         timings[name] = round(now - clock, 3)
         clock = now
+        if progress is not None:
+            progress(f"{name:<12} {timings[name]:6.2f} s  {detail}".rstrip())
 
     tgt = load_target(target)
     out = Path(output_dir)
     if out.exists() and not force:
         raise OutputExistsError(f"output folder '{out}' already exists", hint="pass --force to replace it, or -o to choose another")
     loaded = load_model(model)
-    lap("load")
+    lap("load", "QONNX model" if loaded.is_qonnx else "ONNX model")
     canonical = canonicalize(loaded.model)
-    lap("canonicalize")
+    lap("canonicalize", f"{len(canonical.model.graph.node)} nodes")
     input_shape = loaded.model.get_tensor_shape(loaded.model.graph.input[0].name)
     if isinstance(data, (np.ndarray, tuple)):
         x, y = arrays_as_data(data, input_shape)
@@ -136,7 +141,7 @@ def build(
         y = None
     x_canon = to_canonical_layout(x, canonical.input_perm)
     plan = plan_lowering(canonical.model, x_canon, tgt, io_type=io_type, width=width)
-    lap("configure")
+    lap("configure", f"{plan.io_type}, {len(plan.layers)} Dense/Conv layer(s) fitted to {tgt.name}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.edgec-", dir=out.parent))
@@ -147,6 +152,9 @@ def build(
         project = lower(canonical.model, plan, tgt, staging / "hls", project_name)
         timings["convert"] = project.timings["convert"]
         timings["compile"] = project.timings["compile"]
+        if progress is not None:
+            progress(f"{'convert':<12} {timings['convert']:6.2f} s  hls4ml project ({len(project.layers)} layers)")
+            progress(f"{'compile':<12} {timings['compile']:6.2f} s  g++ C simulation")
         clock = time.perf_counter()
         canon_in = canonical.model.get_tensor_shape(canonical.model.graph.input[0].name)
         canon_out = canonical.model.get_tensor_shape(canonical.model.graph.output[0].name)
@@ -169,7 +177,7 @@ def build(
         verification["first_divergence"] = None
         if verification["decisive_agreement"] < min_agreement:
             verification["first_divergence"] = first_divergence(project, canonical.model, x_canon)
-        lap("verify")
+        lap("verify", f"{verification['n_samples']} samples against {reference_name}")
         report = {
             "schema_version": SCHEMA_VERSION,
             "edgec_version": __version__,

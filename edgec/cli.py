@@ -28,7 +28,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
         min_agreement=args.min_agreement,
         io_type=args.io_type,
         width=args.width,
+        progress=lambda line: print(line, flush=True),
     )
+    print()
     print(render_summary(result.report))
     print(f"\nbuild folder: {result.output_dir}")
     return 0
