@@ -30,8 +30,6 @@ KNOWN_BROKEN = {
     "Resize": "hls4ml's Resize is wrong in C simulation",
     "ConvTranspose": "hls4ml has no ONNX ConvTranspose",
 }
-# Channels-last layer ops qonnx produces for convolutional models.
-CHANNELS_LAST_DOMAIN = "qonnx.custom_op.channels_last"
 
 
 def _attribute_problem(model: ModelWrapper, node) -> str | None:
