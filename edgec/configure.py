@@ -8,6 +8,7 @@ chosen per layer so the estimated design fits the target.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,7 +39,6 @@ class LayerChoice:
     multiplies: int
     weights: int
     weight_t: FixedType
-    bias_t: FixedType
     input_bits: int
     strategy: str = "Latency"
     reuse_factor: int = 1
@@ -92,16 +92,6 @@ def _quantizer_bits(model: ModelWrapper, tensor: str) -> int | None:
     return None
 
 
-def _bias_of(model: ModelWrapper, node) -> np.ndarray | None:
-    if node.op_type == "Conv":
-        return model.get_initializer(node.input[2]) if len(node.input) > 2 else None
-    consumers = model.find_consumers(node.output[0]) or []
-    if len(consumers) == 1 and consumers[0].op_type == "Add":
-        other = [i for i in consumers[0].input if i != node.output[0]]
-        return model.get_initializer(other[0]) if other else None
-    return None
-
-
 def _exact_weight_limit(node, plan_width: int, target: Target) -> int:
     """Widest exact weight type allowed: a layer the exact requantization pass produced may use the
     DSP's wide port (its per-channel scale was folded into the weights), others the plan width."""
@@ -124,11 +114,6 @@ def _layer_choice(model: ModelWrapper, node, plan_width: int, ranges: dict[str, 
     weight_t = exact_type(weight, max_width=_exact_weight_limit(node, plan_width, target)) or range_type(
         float(np.max(np.abs(weight))), plan_width
     )
-    bias = _bias_of(model, node)
-    if bias is None:
-        bias_t = FixedType(2, 2)
-    else:
-        bias_t = exact_type(bias, max_width=plan_width + 8) or range_type(float(np.max(np.abs(bias))), plan_width + 8)
     in_bits = _quantizer_bits(model, node.input[0]) or plan_width
     return LayerChoice(
         node=node.name,
@@ -138,16 +123,16 @@ def _layer_choice(model: ModelWrapper, node, plan_width: int, ranges: dict[str, 
         multiplies=multiplies,
         weights=int(weight.size),
         weight_t=weight_t,
-        bias_t=bias_t,
         input_bits=in_bits,
     )
 
 
-def _valid_reuse_factors(n_in: int, n_out: int) -> list[int]:
+@functools.cache
+def _valid_reuse_factors(n_in: int, n_out: int) -> tuple[int, ...]:
     """Reuse factors hls4ml accepts for an n_in x n_out kernel (hls4ml's own rule)."""
     from hls4ml.backends import get_backend
 
-    return sorted(set(get_backend("Vitis").get_valid_reuse_factors(n_in, n_out)))
+    return tuple(sorted(set(get_backend("Vitis").get_valid_reuse_factors(n_in, n_out))))
 
 
 def _estimate(choice: LayerChoice, target: Target) -> None:

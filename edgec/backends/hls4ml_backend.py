@@ -207,6 +207,8 @@ def _n_terms(layer) -> int:
 
 def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
     """Set every type of the converted hls4ml graph (see module docstring)."""
+    from hls4ml.model.types import XnorPrecisionType
+
     layers = list(hm.get_layers())
     hls_vars = {out for layer in layers for out in layer.outputs}
     consumers: dict[str, list] = {}
@@ -234,8 +236,12 @@ def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
         elif cls in LINEAR_CLASSES and in_t is not None:
             choice = plan.layers.get(_onnx_node_for(layer, plan))
             weight = layer.weights["weight"]
-            w_t = (choice.weight_t if choice else None) or exact_type(weight.data_unquantized if hasattr(weight, "data_unquantized") else weight.data, plan.width) or range_type(float(np.max(np.abs(weight.data))), plan.width)
-            if weight.type.precision.__class__.__name__ != "XnorPrecisionType":
+            if choice is not None:
+                w_t = choice.weight_t
+            else:  # a layer the plan does not know (none today): type its weights the same way
+                data = np.asarray(weight.data, dtype=np.float64)
+                w_t = exact_type(data, plan.width) or range_type(float(np.max(np.abs(data))), plan.width)
+            if not isinstance(weight.type.precision, XnorPrecisionType):  # binary weights stay xnor
                 _set_weight_type(layer, "weight", w_t)
             bias_t = None
             if "bias" in layer.weights:

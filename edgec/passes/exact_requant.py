@@ -95,6 +95,8 @@ def _weight_integers(model: ModelWrapper, weight_tensor: str):
     producer = model.find_producer(weight_tensor)
     if producer is None or producer.op_type not in ("Quant", "BipolarQuant"):
         return None
+    if len(model.find_consumers(weight_tensor) or []) != 1:
+        return None  # shared weights: rescaling them for one layer would change the other
     raw = model.get_initializer(producer.input[0])
     p = _quant_params(model, producer)
     if raw is None or p is None:
@@ -320,28 +322,23 @@ class ExactRequantization(Transformation):
             new_w = (w_cols * (a * pre_scale).reshape(1, -1)).reshape(w_int.shape)
         else:
             new_w = (w_cols * (a * pre_scale).reshape(1, -1)).T.reshape(w_int.shape)
-        w_name = model.make_new_valueinfo_name()
-        model.set_initializer(w_name, new_w.astype(np.float32))
         if not np.array_equal(new_w.astype(np.float32).astype(np.float64), new_w):
             return self._skip(q_node, "rescaled weights are not exact in float32")
-        old_w = layer.input[1]
+        # From here on the graph changes: the layer takes W' and a bias, the chain goes away.
+        w_name = model.make_new_valueinfo_name()
+        model.set_initializer(w_name, new_w.astype(np.float32))
         layer.input[1] = w_name
         layer.doc_string = EXACT_MARK
-        if single_consumer(model, old_w) is None and not model.find_consumers(old_w):
-            model.graph.node.remove(w_quant_node)
+        model.graph.node.remove(w_quant_node)  # it fed only this layer (checked in _weight_integers)
         remove_nodes(model, chain)
         b_name = model.make_new_valueinfo_name()
+        model.set_initializer(b_name, bias.astype(np.float32))
         if layer.op_type == "MatMul":
-            model.set_initializer(b_name, bias.astype(np.float32))
             mid = model.make_new_valueinfo_name()
             add = helper.make_node("Add", [mid, b_name], [q_node.input[0]], name=f"{layer.name}_exact_bias")
-            old_out = layer.output[0]
             layer.output[0] = mid
             model.graph.node.insert(list(model.graph.node).index(layer) + 1, add)
-            q_node.input[0] = add.output[0]
-            del old_out
         else:
-            model.set_initializer(b_name, bias.astype(np.float32))
             if len(layer.input) > 2:
                 layer.input[2] = b_name  # the old bias is inside the new affine map
             else:
