@@ -57,8 +57,11 @@ class LoweringPlan:
     tensor_max_abs: dict[str, float]
     layers: dict[str, LayerChoice]
     notes: list[str] = field(default_factory=list)
+    precision: FixedType | None = None  # one user-given type for everything (overrides the rest)
 
     def tensor_type(self, tensor: str) -> FixedType | None:
+        if self.precision is not None:
+            return self.precision
         if tensor not in self.tensor_max_abs:
             return None
         # One bit of headroom above the calibrated range: unseen inputs saturate less often.
@@ -185,10 +188,28 @@ def fit_to_target(layers: dict[str, LayerChoice], target: Target) -> list[str]:
             )
 
 
+def _nearest_valid_reuse_factor(choice: LayerChoice, wanted: int) -> int:
+    valid = _valid_reuse_factors(choice.n_in, choice.n_out)
+    above = [r for r in valid if r >= wanted]
+    return above[0] if above else valid[-1]
+
+
 def plan_lowering(
-    model: ModelWrapper, calibration_inputs: np.ndarray, target: Target, io_type: str | None = None, width: int = 16
+    model: ModelWrapper,
+    calibration_inputs: np.ndarray,
+    target: Target,
+    io_type: str | None = None,
+    width: int = 16,
+    strategy: str | None = None,
+    reuse_factor: int | None = None,
+    precision: FixedType | None = None,
 ) -> LoweringPlan:
-    """Calibrate ranges, choose per-layer types, strategy and reuse factor for ``target``."""
+    """Calibrate ranges, choose per-layer types, strategy and reuse factor for ``target``.
+
+    ``strategy``, ``reuse_factor`` and ``precision`` override edgec's choices for every layer
+    (to reproduce a published hls4ml design): ``precision`` is then every tensor's, weight's and
+    accumulator's type, as hls4ml's ``default_precision`` would make it.
+    """
     ranges = calibrate(model, calibration_inputs)
     has_conv = any(n.op_type == "Conv" for n in model.graph.node)
     chosen_io = io_type or ("io_stream" if has_conv else "io_parallel")
@@ -197,9 +218,24 @@ def plan_lowering(
         if node.op_type in ("MatMul", "Conv"):
             choice = _layer_choice(model, node, width, ranges, target)
             if choice is not None:
+                if precision is not None:
+                    choice.weight_t = precision
+                    choice.input_bits = precision.width
                 layers[node.name] = choice
-    notes = fit_to_target(layers, target)
+    notes: list[str] = []
+    if strategy is None and reuse_factor is None:
+        notes = fit_to_target(layers, target)
+    else:
+        for choice in layers.values():
+            choice.strategy = (strategy or ("Resource" if (reuse_factor or 1) > 1 else "Latency")).capitalize()
+            wanted = reuse_factor or 1
+            choice.reuse_factor = _nearest_valid_reuse_factor(choice, wanted)
+            choice.reason = f"set by the user: {choice.strategy} strategy, reuse factor {choice.reuse_factor}"
+            if choice.reuse_factor != wanted:
+                notes.append(f"{choice.node}: reuse factor {wanted} is not valid for a {choice.n_in}x{choice.n_out} kernel in hls4ml; using {choice.reuse_factor}")
+            _estimate(choice, target)
     if io_type is None and has_conv:
         notes.append("io_stream chosen for a convolutional model (line-buffer convolutions)")
-    return LoweringPlan(io_type=chosen_io, width=width, tensor_max_abs=ranges, layers=layers, notes=notes)
-
+    if precision is not None:
+        notes.append(f"every type set to {precision.hls4ml()} by the user (no calibrated or exact types)")
+    return LoweringPlan(io_type=chosen_io, width=precision.width if precision else width, tensor_max_abs=ranges, layers=layers, notes=notes, precision=precision)

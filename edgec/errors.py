@@ -90,3 +90,9 @@ class BuildFolderError(EdgecError):
     """A folder given to `edgec simulate` is not an edgec build."""
 
     exit_code = 21
+
+
+class OptionError(EdgecError):
+    """An option value edgec cannot use (a malformed --precision, an unknown --part...)."""
+
+    exit_code = 22

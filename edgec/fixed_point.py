@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,3 +84,18 @@ def accumulator_type(input_t: FixedType, weight_t: FixedType, n_terms: int, bias
         frac = max(frac, bias_t.fractional)
         integer = max(integer, bias_t.integer) + 1
     return FixedType(integer + frac, integer, True)
+
+
+_FIXED_SPEC = re.compile(r"^\s*(ap_)?(u?fixed)\s*<\s*(\d+)\s*,\s*(-?\d+)\s*(?:,\s*([A-Z_]+)\s*)?(?:,\s*([A-Z_]+)\s*)?>\s*$")
+
+
+def parse_fixed(spec: str) -> FixedType:
+    """``fixed<W,I>`` / ``ufixed<W,I[,RND[,SAT]]>`` / ``ap_fixed<...>`` -> FixedType (ValueError if malformed)."""
+    match = _FIXED_SPEC.match(spec)
+    if not match:
+        raise ValueError(f"'{spec}' is not a fixed-point type; write it like fixed<16,6> or ufixed<8,0,RND,SAT>")
+    _, kind, width, integer, rounding, saturation = match.groups()
+    width, integer = int(width), int(integer)
+    if not 1 <= width <= 64:
+        raise ValueError(f"'{spec}': width must be between 1 and 64")
+    return FixedType(width, integer, kind == "fixed", rounding or "TRN", saturation or "WRAP")

@@ -21,7 +21,7 @@ from qonnx.transformation.general import GiveReadableTensorNames, GiveUniqueNode
 from qonnx.transformation.infer_shapes import InferShapes
 from qonnx.util.cleanup import cleanup_model
 
-from edgec.frontend.support import check_single_io, check_supported
+from edgec.frontend.support import check_single_io, check_supported, unsupported_nodes
 from edgec.passes.exact_requant import ExactRequantization
 from edgec.passes.fold_affine import FoldAffineIntoLinear
 from edgec.passes.fold_quant_constants import FoldConstantQuantizers
@@ -38,6 +38,7 @@ class CanonicalModel:
     input_perm: list[int] | None  # transpose applied to the user's input (None: unchanged)
     output_perm: list[int] | None  # transpose that maps the canonical output back to the user's
     passes: list[dict] = field(default_factory=list)
+    unsupported: list[str] = field(default_factory=list)  # only with for_estimate=True
 
 
 def _add_missing_gemm_bias(model: ModelWrapper) -> None:
@@ -136,13 +137,18 @@ def _run(model: ModelWrapper, transform, log: list[dict], name: str, **params) -
     return model
 
 
-def canonicalize(model: ModelWrapper) -> CanonicalModel:
-    """Return the canonical form of ``model`` (the input is not modified)."""
+def canonicalize(model: ModelWrapper, for_estimate: bool = False) -> CanonicalModel:
+    """Return the canonical form of ``model`` (the input is not modified).
+
+    ``for_estimate=True`` is for cost estimates only: ops edgec cannot build yet are kept (and
+    listed in ``unsupported``) and average pooling stays hls4ml's Pooling layer.
+    """
     passes: list[dict] = []
     model = ModelWrapper(model.model.__deepcopy__())
     check_single_io(model)
-    model = _run(model, RewriteForHls4ml(), passes, "edgec.RewriteForHls4ml")
-    check_supported(model, after_canonicalization=False)  # with the user's own node names
+    model = _run(model, RewriteForHls4ml(pooling=not for_estimate), passes, "edgec.RewriteForHls4ml")
+    if not for_estimate:
+        check_supported(model, after_canonicalization=False)  # with the user's own node names
     start = time.perf_counter()
     model = cleanup_model(model)
     passes.append({"name": "qonnx.cleanup", "params": {}, "seconds": round(time.perf_counter() - start, 4)})
@@ -164,17 +170,26 @@ def canonicalize(model: ModelWrapper) -> CanonicalModel:
     absorbed = _absorb_input_transpose(model) if has_conv else None
     orig_in = model.get_tensor_shape(model.graph.input[0].name)
     if has_conv:
-        model = _run(model, ConvertToChannelsLastAndClean(make_input_channels_last=True), passes, "qonnx.ConvertToChannelsLastAndClean")
+        try:
+            model = _run(model, ConvertToChannelsLastAndClean(make_input_channels_last=True), passes, "qonnx.ConvertToChannelsLastAndClean")
+        except Exception as exc:  # qonnx refuses some forms (uneven padding); estimates can cost channels-first ops
+            if not for_estimate:
+                raise
+            passes.append({"name": "qonnx.ConvertToChannelsLastAndClean", "params": {}, "seconds": 0.0, "details": [{"skipped": str(exc)}]})
     model = cleanup_model(model)
     model = model.transform(GiveUniqueNodeNames())
     model = model.transform(GiveReadableTensorNames())
     model = model.transform(RemoveUnusedTensors())
-    check_supported(model, after_canonicalization=True)
+    unsupported: list[str] = []
+    if for_estimate:
+        unsupported = [f"{name} ({op}: {why})" for name, op, why in unsupported_nodes(model, after_canonicalization=True)]
+    else:
+        check_supported(model, after_canonicalization=True)
     new_in = model.get_tensor_shape(model.graph.input[0].name)
     new_out = model.get_tensor_shape(model.graph.output[0].name)
     input_perm = _compose(absorbed, _perm_between(orig_in, new_in))
     output_perm = _perm_between(new_out, orig_out)
-    return CanonicalModel(model, has_conv, input_perm, output_perm, passes)
+    return CanonicalModel(model, has_conv, input_perm, output_perm, passes, unsupported)
 
 
 def _perm_between(src: list[int], dst: list[int]) -> list[int] | None:

@@ -24,14 +24,18 @@ def _attr(node, name, default=None):
 
 
 class RewriteForHls4ml(Transformation):
-    def __init__(self) -> None:
+    def __init__(self, pooling: bool = True) -> None:
+        """``pooling=False`` leaves average pooling alone (cost estimates of hls4ml's own Pooling layers)."""
         super().__init__()
+        self.pooling = pooling
         self.records: list[dict] = []
 
     def apply(self, model: ModelWrapper):
         for node in list(model.graph.node):
             if node.op_type == "PRelu" and self._prelu(model, node):
                 return model, True
+            if not self.pooling:
+                continue
             if node.op_type == "AveragePool" and self._average_pool(model, node):
                 return model, True
             if node.op_type == "GlobalAveragePool" and self._global_average_pool(model, node):

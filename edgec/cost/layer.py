@@ -1,0 +1,321 @@
+"""What the cost models see of one lowered layer: op, shapes, precisions, strategy, weights.
+
+``layers_from_onnx`` reads them off a canonical (channels-last) ONNX graph, the form edgec hands
+to hls4ml, following hls4ml's lowering: a bias ``Add`` right after a MatMul/Conv is part of that
+layer, Flatten/Reshape/Identity are wiring, and a quantizer after a layer only sets its output type.
+The precisions come from a :class:`TypeOracle` (edgec's chosen types, or one ``fixed<W,I>`` for
+every tensor when a published design is reproduced with ``--precision``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from onnx import helper
+from qonnx.core.modelwrapper import ModelWrapper
+
+from edgec.fixed_point import FixedType
+
+ACTIVATION_OPS = {
+    "Relu": "relu", "LeakyRelu": "leaky_relu", "PRelu": "prelu", "Elu": "elu", "Selu": "selu",
+    "Sigmoid": "sigmoid", "Tanh": "tanh", "HardSigmoid": "hard_sigmoid", "Softsign": "softsign",
+    "Softplus": "softplus", "ThresholdedRelu": "thresholded_relu", "Softmax": "softmax",
+}
+# hls4ml implements these with a look-up table in block RAM (nnet_activation.h).
+TABLE_ACTIVATIONS = {"elu", "selu", "sigmoid", "tanh", "softsign", "softplus", "softmax"}
+WIRING_OPS = {"Flatten", "Reshape", "Identity", "Dropout", "Squeeze", "Unsqueeze"}
+MERGE_OPS = {"Add", "Sub", "Mul", "Max", "Min", "Sum", "Div", "Concat"}
+QUANTIZER_OPS = {"Quant", "BipolarQuant"}
+SPATIAL_OPS = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization"}
+# hls4ml's defaults for table activations (hls4ml/backends/fpga/fpga_backend.py: table_size 1024,
+# table_t fixed<18,8>), which published designs use.
+DEFAULT_TABLE_SIZE = 1024
+DEFAULT_TABLE_BITS = 18
+
+
+@dataclass
+class LayerConfig:
+    """One lowered layer, as the cycle/resource/energy models need it.
+
+    ``n_in`` products feed each output value; ``n_out`` output values are computed per position;
+    ``positions`` output positions (pixels) are computed one after another (1 for Dense).
+    """
+
+    name: str
+    kind: str  # dense | conv | depthwise | pool | global_pool | activation | batchnorm | merge | transpose | pad | quantizer
+    op: str  # the ONNX op type
+    output_tensor: str
+    in_shape: list[int]  # without the batch dimension, channels last
+    out_shape: list[int]
+    io_type: str = "io_parallel"
+    strategy: str = "latency"
+    reuse_factor: int = 1
+    input_bits: int = 16
+    result_bits: int = 16
+    accum_bits: int = 16
+    weight_bits: int = 0
+    n_in: int = 0
+    n_out: int = 0
+    positions: int = 1
+    in_positions: int = 1
+    channels: int = 1
+    in_width: int = 1  # input columns (line-buffer length of io_stream convolutions/pooling)
+    kernel_rows: int = 1
+    weight_codes: np.ndarray | None = None  # integer weights (value * 2^fractional bits)
+    binary_weights: bool = False
+    nonzero_bias: int = 0
+    activation: str | None = None
+    table_size: int = 0
+    table_bits: int = 0
+    pool_op: str | None = None  # max | avg
+    pool_size: int = 0  # inputs per pooling window
+    variable_divisor: bool = False  # average excluding padding: a true division per output
+    merge_inputs: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def in_elems(self) -> int:
+        return int(np.prod(self.in_shape)) if self.in_shape else 1
+
+    @property
+    def out_elems(self) -> int:
+        return int(np.prod(self.out_shape)) if self.out_shape else 1
+
+    @property
+    def multiplies(self) -> int:
+        """Products per inference (zeros included)."""
+        return self.n_in * self.n_out * self.positions
+
+    @property
+    def nonzero_weights(self) -> int:
+        if self.weight_codes is None:
+            return self.n_in * self.n_out
+        return int(np.count_nonzero(self.weight_codes))
+
+    @property
+    def effective_weight_bits(self) -> int:
+        """Bits the widest constant weight really needs (sign included): HLS sizes a product by
+        its constant, not by the declared weight type."""
+        if self.weight_codes is None or not self.weight_codes.size:
+            return self.weight_bits
+        peak = int(np.max(np.abs(self.weight_codes)))
+        return min(self.weight_bits, peak.bit_length() + 1) if peak else 1
+
+    @property
+    def sparsity(self) -> float:
+        total = self.n_in * self.n_out
+        return 1.0 - self.nonzero_weights / total if total else 0.0
+
+
+@dataclass(frozen=True)
+class DesignSettings:
+    """Design-wide choices: the ones ``--io-type/--strategy/--reuse-factor/--precision`` override."""
+
+    io_type: str = "io_parallel"
+    strategy: str | None = None  # None: per layer from the plan
+    reuse_factor: int | None = None
+    precision: FixedType | None = None  # one type for every tensor, weight and accumulator
+
+
+TypeOracle = Callable[[str], FixedType | None]
+
+
+def _attr(node, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _channels_last(node) -> bool:
+    """qonnx moves spatial ops it converted to channels-last into its own op domain."""
+    return node.op_type not in SPATIAL_OPS or str(node.domain).endswith("channels_last")
+
+
+def _spatial(shape: list[int], channels_last: bool) -> tuple[list[int], int]:
+    """(spatial dims, channels) of a per-sample shape."""
+    if len(shape) <= 1:
+        return [], shape[0] if shape else 1
+    return (shape[:-1], shape[-1]) if channels_last else (shape[1:], shape[0])
+
+
+def _shape(model: ModelWrapper, tensor: str) -> list[int]:
+    shape = model.get_tensor_shape(tensor) or []
+    return [int(d) for d in shape[1:]] if len(shape) > 1 else [int(d) for d in shape]
+
+
+def weight_codes(weights: np.ndarray, wtype: FixedType) -> np.ndarray:
+    """The integers the hardware multiplies by: weights on the type's grid (truncation or rounding
+    per the type, then wrap/saturation to its width)."""
+    scaled = np.asarray(weights, dtype=np.float64) * 2.0**wtype.fractional
+    codes = np.round(scaled) if wtype.rounding.startswith("RND") else np.floor(scaled)
+    lo = -(2 ** (wtype.width - 1)) if wtype.signed else 0
+    hi = 2 ** (wtype.width - 1) - 1 if wtype.signed else 2**wtype.width - 1
+    if wtype.saturation.startswith("SAT"):
+        codes = np.clip(codes, lo, hi)
+    else:
+        span = hi - lo + 1
+        codes = (codes - lo) % span + lo
+    return codes.astype(np.int64)
+
+
+def _bits(ftype: FixedType | None, default: int) -> int:
+    return ftype.width if ftype is not None else default
+
+
+def layers_from_onnx(
+    model: ModelWrapper,
+    settings: DesignSettings,
+    tensor_type: TypeOracle,
+    weight_type: Callable[[str, np.ndarray], FixedType],
+    layer_strategy: Callable[[str], tuple[str, int]] | None = None,
+) -> list[LayerConfig]:
+    """The cost-relevant layers of a canonical model, in graph order.
+
+    ``tensor_type(tensor)`` gives an activation tensor's type; ``weight_type(node, weights)`` a
+    layer's weight type; ``layer_strategy(node)`` its (strategy, reuse factor) from the plan.
+    """
+    default_bits = settings.precision.width if settings.precision else 16
+
+    def ttype(tensor: str) -> FixedType | None:
+        return settings.precision or tensor_type(tensor)
+
+    layers: list[LayerConfig] = []
+    consumed: set[str] = set()
+    nodes = list(model.graph.node)
+    for node in nodes:
+        if node.name in consumed:
+            continue
+        op = node.op_type
+        x = node.input[0] if node.input else ""
+        in_shape = _shape(model, x)
+        out_tensor = node.output[0]
+        if op in ("MatMul", "Conv"):
+            weights = model.get_initializer(node.input[1])
+            if weights is None:
+                continue
+            # A bias Add (constant second input) that only this layer feeds is part of the layer.
+            bias = model.get_initializer(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            consumers = model.find_consumers(out_tensor) or []
+            if len(consumers) == 1 and consumers[0].op_type == "Add":
+                other = [i for i in consumers[0].input if i != out_tensor]
+                const = model.get_initializer(other[0]) if other else None
+                if const is not None:
+                    bias = const if bias is None else bias + const
+                    consumed.add(consumers[0].name)
+                    out_tensor = consumers[0].output[0]
+            # A quantizer right after only sets the output type (hls4ml folds it).
+            consumers = model.find_consumers(out_tensor) or []
+            if len(consumers) == 1 and consumers[0].op_type in QUANTIZER_OPS and settings.precision is None:
+                consumed.add(consumers[0].name)
+                out_tensor = consumers[0].output[0]
+            out_shape = _shape(model, out_tensor)
+            wtype = settings.precision or weight_type(node.name, weights)
+            layer = LayerConfig(name=node.name, kind="dense", op=op, output_tensor=out_tensor, in_shape=in_shape, out_shape=out_shape)
+            if op == "MatMul":
+                layer.n_in, layer.n_out = int(weights.shape[0]), int(weights.shape[1])
+                layer.positions = int(np.prod(out_shape[:-1])) if len(out_shape) > 1 else 1
+                layer.in_positions = layer.positions
+                codes = weight_codes(weights, wtype)
+            else:
+                group = int(_attr(node, "group", 1))
+                last = _channels_last(node)
+                if not last:  # [C_out, C_in / group, k...] -> [C_out, k..., C_in / group]
+                    weights = np.moveaxis(weights, 1, -1)
+                in_spatial, c_in = _spatial(in_shape, last)
+                out_spatial, _ = _spatial(out_shape, last)
+                layer.positions = int(np.prod(out_spatial)) if out_spatial else 1
+                layer.in_positions = int(np.prod(in_spatial)) if in_spatial else 1
+                layer.in_width = in_spatial[-1] if in_spatial else 1
+                layer.kernel_rows = int(weights.shape[1]) if weights.ndim == 4 else 1
+                layer.channels = c_in
+                layer.kind = "depthwise" if group > 1 and group == c_in and weights.shape[-1] == 1 else "conv"
+                layer.n_in = int(np.prod(weights.shape[1:]))
+                layer.n_out = int(weights.shape[0])
+                codes = weight_codes(weights.reshape(weights.shape[0], -1).T, wtype)
+            layer.weight_codes = codes
+            layer.weight_bits = wtype.width
+            layer.binary_weights = wtype.width <= 1
+            layer.nonzero_bias = int(np.count_nonzero(bias)) if bias is not None else 0
+            in_t = ttype(x)
+            out_t = ttype(out_tensor)
+            layer.input_bits = _bits(in_t, default_bits)
+            layer.result_bits = _bits(out_t, default_bits)
+            if settings.precision is not None:
+                layer.accum_bits = settings.precision.width
+            else:
+                from edgec.fixed_point import accumulator_type
+
+                acc = accumulator_type(in_t or FixedType(default_bits, 6), wtype, layer.n_in)
+                layer.accum_bits = acc.width
+            strategy, rf = layer_strategy(node.name) if layer_strategy else ("latency", 1)
+            layer.strategy = (settings.strategy or strategy).lower()
+            layer.reuse_factor = settings.reuse_factor or rf
+            layers.append(layer)
+            continue
+        if op in WIRING_OPS or op in QUANTIZER_OPS and model.get_initializer(x) is not None:
+            continue
+        out_shape = _shape(model, out_tensor)
+        layer = LayerConfig(name=node.name, kind="activation", op=op, output_tensor=out_tensor, in_shape=in_shape, out_shape=out_shape)
+        layer.input_bits = _bits(ttype(x), default_bits)
+        layer.result_bits = _bits(ttype(out_tensor), default_bits)
+        last = _channels_last(node)
+        in_spatial, layer.channels = _spatial(in_shape, last)
+        out_spatial, _ = _spatial(out_shape, last)
+        layer.positions = int(np.prod(out_spatial)) if out_spatial else 1
+        layer.in_positions = int(np.prod(in_spatial)) if in_spatial else 1
+        layer.in_width = in_spatial[-1] if in_spatial else 1
+        if op in ACTIVATION_OPS:
+            layer.activation = ACTIVATION_OPS[op]
+            if op == "LeakyRelu" and float(_attr(node, "alpha", 0.01)) == 1.0:
+                layer.activation = "linear"  # an identity: hls4ml still instantiates it
+            if layer.activation in TABLE_ACTIVATIONS:
+                layer.table_size = DEFAULT_TABLE_SIZE
+                layer.table_bits = DEFAULT_TABLE_BITS
+        elif op in ("MaxPool", "AveragePool"):
+            kernel = [int(k) for k in _attr(node, "kernel_shape", [1])]
+            pads = [int(p) for p in _attr(node, "pads", [0] * (2 * len(kernel)))]
+            auto_pad = _attr(node, "auto_pad", b"NOTSET")
+            auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+            padded = any(pads) or auto_pad not in ("NOTSET", "VALID")
+            layer.kind = "pool"
+            layer.pool_op = "max" if op == "MaxPool" else "avg"
+            layer.pool_size = int(np.prod(kernel))
+            exclusive = not int(_attr(node, "count_include_pad", 0))
+            layer.variable_divisor = layer.pool_op == "avg" and padded and exclusive
+        elif op in ("GlobalAveragePool", "GlobalMaxPool"):
+            layer.kind = "global_pool"
+            layer.pool_op = "max" if op == "GlobalMaxPool" else "avg"
+            layer.pool_size = layer.in_positions
+        elif op == "BatchNormalization":
+            layer.kind = "batchnorm"
+        elif op in MERGE_OPS:
+            if any(model.get_initializer(i) is not None for i in node.input[1:]):
+                layer.kind = "batchnorm" if op in ("Mul", "Div", "Add", "Sub") else "merge"
+            else:
+                layer.kind = "merge"
+            layer.merge_inputs = len(node.input)
+        elif op == "Transpose":
+            graph_in = {i.name for i in model.graph.input}
+            graph_out = {o.name for o in model.graph.output}
+            if x in graph_in or out_tensor in graph_out:
+                continue  # a layout adapter at the model boundary: edgec transposes on the host
+            layer.kind = "transpose"
+        elif op == "Pad":
+            layer.kind = "pad"
+        elif op in QUANTIZER_OPS:
+            layer.kind = "quantizer"
+        else:
+            layer.notes.append(f"no cost model for {op}: counted as an element-wise op")
+        layers.append(layer)
+    for layer in layers:
+        layer.io_type = settings.io_type
+    return layers
+
+
+def log2ceil(n: int) -> int:
+    """Levels of a balanced binary tree over ``n`` leaves."""
+    return math.ceil(math.log2(n)) if n > 1 else 0

@@ -1,0 +1,208 @@
+"""`edgec estimate`: cycles, resources and energy of a model's design without compiling anything.
+
+The same steps as a build up to configuration (load, canonicalize, calibrate, choose types,
+strategy and reuse factor), then the cost models of edgec.cost. Also used by the build to cost
+the design it lowered, so `estimate` and `build` report the same figures.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from qonnx.core.modelwrapper import ModelWrapper
+
+from edgec import __version__
+from edgec.configure import LoweringPlan, plan_lowering
+from edgec.cost.design import DesignCost, estimate_design
+from edgec.cost.device import Device, device_for
+from edgec.cost.layer import DesignSettings, LayerConfig, layers_from_onnx
+from edgec.errors import OptionError
+from edgec.fixed_point import FixedType, parse_fixed, range_type
+from edgec.targets import Target, load_target
+
+REPORT_SCHEMA_VERSION = 1
+STRATEGIES = ("latency", "resource")
+IO_TYPES = ("io_parallel", "io_stream")
+
+
+@dataclass(frozen=True)
+class DesignOptions:
+    """User overrides shared by `build` and `estimate`, to reproduce a published design exactly."""
+
+    part: str | None = None
+    clock_ns: float | None = None
+    backend: str | None = None
+    io_type: str | None = None
+    strategy: str | None = None
+    reuse_factor: int | None = None
+    precision: str | None = None
+
+    def fixed(self) -> FixedType | None:
+        if self.precision is None:
+            return None
+        try:
+            return parse_fixed(self.precision)
+        except ValueError as exc:
+            raise OptionError(f"--precision: {exc}") from None
+
+    def check(self) -> None:
+        """Raise OptionError for values no design can have."""
+        if self.strategy is not None and self.strategy.lower() not in STRATEGIES:
+            raise OptionError(f"unknown strategy '{self.strategy}'", hint="use latency or resource")
+        if self.io_type is not None and self.io_type not in IO_TYPES:
+            raise OptionError(f"unknown io type '{self.io_type}'", hint="use io_parallel or io_stream")
+        if self.reuse_factor is not None and self.reuse_factor < 1:
+            raise OptionError(f"reuse factor must be at least 1, not {self.reuse_factor}")
+        self.fixed()
+
+    def device(self, target: Target) -> Device:
+        return device_for(target, part=self.part, clock_ns=self.clock_ns, backend=self.backend)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def target_for_device(target: Target, device: Device) -> Target:
+    """The target with the device's part and resources (so the configurator fits the right chip)."""
+    from dataclasses import replace
+
+    return replace(target, part=device.part, family=device.family, dsp_kind=device.dsp_kind, resources=device.resources, clock_mhz=device.clock_mhz)
+
+
+def _quantizer_type(model: ModelWrapper, tensor: str) -> FixedType | None:
+    """The type a QONNX quantizer gives its output (its bit width; range from its scale)."""
+    producer = model.find_producer(tensor)
+    if producer is None:
+        return None
+    if producer.op_type == "BipolarQuant":
+        return FixedType(1, 1)
+    if producer.op_type == "Quant" and len(producer.input) > 3:
+        bits = model.get_initializer(producer.input[3])
+        signed = model.get_initializer(producer.input[2]) if len(producer.input) > 2 else None
+        if bits is None:
+            return None
+        width = int(np.asarray(bits).reshape(-1)[0])
+        is_signed = bool(np.asarray(signed).reshape(-1)[0]) if signed is not None else True
+        return FixedType(max(width, 1), max(width, 1) if is_signed else width, is_signed)
+    return None
+
+
+def cost_layers(model: ModelWrapper, plan: LoweringPlan, io_type: str, options: DesignOptions) -> list[LayerConfig]:
+    """The design's layers as the cost models see them, typed as the plan (or the user) chose."""
+    settings = DesignSettings(
+        io_type=io_type,
+        strategy=options.strategy,
+        reuse_factor=None,  # the plan holds the valid reuse factor per layer
+        precision=options.fixed(),
+    )
+
+    def tensor_type(tensor: str) -> FixedType | None:
+        return _quantizer_type(model, tensor) or plan.tensor_type(tensor)
+
+    def weight_type(node: str, weights: np.ndarray) -> FixedType:
+        choice = plan.layers.get(node)
+        return choice.weight_t if choice is not None else range_type(float(np.max(np.abs(weights))), plan.width)
+
+    def layer_strategy(node: str) -> tuple[str, int]:
+        choice = plan.layers.get(node)
+        return (choice.strategy, choice.reuse_factor) if choice is not None else ("Latency", 1)
+
+    return layers_from_onnx(model, settings, tensor_type, weight_type, layer_strategy)
+
+
+def layer_report(cost_layer, clock_ns: float) -> dict:
+    """One report.json `layers` entry for an estimated (not built) layer."""
+    layer = cost_layer.layer
+    return {
+        "name": layer.name,
+        "op": layer.op,
+        "kind": layer.kind,
+        "inputs_shape": layer.in_shape,
+        "outputs_shape": layer.out_shape,
+        "macs": layer.multiplies if layer.kind in ("dense", "conv", "depthwise") else 0,
+        "params": layer.n_in * layer.n_out + layer.n_out if layer.kind in ("dense", "conv", "depthwise") else 0,
+        "precision": {
+            "weight": f"{layer.weight_bits} bits" if layer.weight_bits else None,
+            "result": f"{layer.result_bits} bits",
+            "accum": f"{layer.accum_bits} bits" if layer.kind in ("dense", "conv", "depthwise") else None,
+        },
+        "strategy": layer.strategy.capitalize() if layer.kind in ("dense", "conv", "depthwise") else None,
+        "reuse_factor": layer.reuse_factor if layer.kind in ("dense", "conv", "depthwise") else None,
+        "onnx_tensor": layer.output_tensor,
+        **cost_layer.to_report(clock_ns),
+    }
+
+
+def cost_sections(design: DesignCost) -> dict:
+    """The report.json sections the cost model fills: totals, cost_model, warnings."""
+    return {"totals": design.totals(), "cost_model": design.cost_model(), "warnings": list(design.warnings)}
+
+
+def estimate(
+    model: str | Path | onnx.ModelProto,
+    target: str = "pynq-z2",
+    data: str | Path | np.ndarray | tuple[np.ndarray, np.ndarray] | None = None,
+    options: DesignOptions | None = None,
+    width: int = 16,
+    random_samples: int = 32,
+) -> dict:
+    """Estimate ``model``'s design on ``target``; returns a report dict (layers, totals, cost_model).
+
+    Nothing is written and nothing compiled. Ops edgec cannot build yet are still costed as
+    hls4ml would implement them, with a warning.
+    """
+    from edgec.build import to_canonical_layout
+    from edgec.data import arrays_as_data, load_data, random_inputs
+    from edgec.frontend.canonicalize import canonicalize
+    from edgec.frontend.load import load_model
+
+    options = options or DesignOptions()
+    options.check()
+    started = time.perf_counter()
+    tgt = load_target(target)
+    device = options.device(tgt)
+    loaded = load_model(model)
+    canonical = canonicalize(loaded.model, for_estimate=True)
+    input_shape = loaded.model.get_tensor_shape(loaded.model.graph.input[0].name)
+    if isinstance(data, (np.ndarray, tuple)):
+        x, _ = arrays_as_data(data, input_shape)
+    elif data is not None:
+        x, _ = load_data(data, input_shape)
+    else:
+        x, _ = random_inputs(loaded.model, random_samples)
+    x_canon = to_canonical_layout(x[:random_samples], canonical.input_perm)
+    plan = plan_lowering(
+        canonical.model,
+        x_canon,
+        target_for_device(tgt, device),
+        io_type=options.io_type,
+        width=width,
+        strategy=options.strategy,
+        reuse_factor=options.reuse_factor,
+        precision=options.fixed(),
+    )
+    layers = cost_layers(canonical.model, plan, plan.io_type, options)
+    design = estimate_design(layers, device, tgt.power)
+    warnings = list(design.warnings)
+    if canonical.unsupported:
+        warnings.insert(0, "edgec cannot build this model yet; figures are for hls4ml's implementation of: " + "; ".join(canonical.unsupported))
+    report = {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "edgec_version": __version__,
+        "kind": "estimate",
+        "model": {"path": loaded.path, "sha256": loaded.sha256},
+        "target": {"name": tgt.name, "part": device.part, "clock_mhz": round(device.clock_mhz, 6)},
+        "io_type": plan.io_type,
+        "options": options.as_dict(),
+        "layers": [layer_report(c, device.clock_ns) for c in design.layers],
+        **cost_sections(design),
+        "decisions": plan.notes,
+        "verification": None,
+        "timings": {"estimate": round(time.perf_counter() - started, 3)},
+    }
+    report["warnings"] = warnings
+    return report
