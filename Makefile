@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup lint clean benchmark
+.PHONY: demo test setup lint clean benchmark chromium
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ demo: $(STAMP)
 	$(VENV)/bin/edgec inspect examples/models/digits_cnn.onnx
 	$(VENV)/bin/edgec build examples/models/digits_cnn.onnx --target pynq-z2 --data examples/data/digits_test.npz -o build/digits_cnn --force
 
-test: $(STAMP)
+# headless Chromium renders report.html in tests/test_html_report.py (Debian package; needs root for apt-get)
+chromium:
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
+
+test: $(STAMP) chromium
 	$(VENV)/bin/ruff check edgec tests benchmarks examples
 	$(PY) -m pytest -q tests
 

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +21,14 @@ import onnx
 from edgec import __version__
 from edgec.backends.hls4ml_backend import lower, sanitize_identifier
 from edgec.configure import plan_lowering
+from edgec.cost.design import LayerCost, estimate_design
 from edgec.data import arrays_as_data, load_data, random_inputs
 from edgec.errors import OutputExistsError, VerificationError
+from edgec.estimate import DesignOptions, cost_layers, cost_sections, target_for_device
 from edgec.frontend.canonicalize import canonicalize
 from edgec.frontend.load import load_model
 from edgec.report import SCHEMA_VERSION, render_summary, write_report
+from edgec.report_html import write_html
 from edgec.runtime.csim import CSimulation
 from edgec.targets import load_target
 from edgec.verify import compare, first_divergence, reference_outputs
@@ -65,6 +68,14 @@ def _pass_decisions(passes: list[dict]) -> list[str]:
     return lines
 
 
+def _layer_cost(cost: LayerCost | None, clock_ns: float) -> dict:
+    """A report layer's cost fields; a layer the cost model folded into another costs nothing itself."""
+    if cost is None:
+        return {"cycles": 0, "ii": 1, "latency_ns": 0.0, "resources": {"lut": 0, "ff": 0, "dsp": 0, "bram18": 0}, "energy_nj": 0.0,
+                "energy_breakdown_nj": {"compute": 0.0, "memory": 0.0, "io": 0.0, "static": 0.0}, "sparsity": None}
+    return cost.to_report(clock_ns)
+
+
 @dataclass
 class BuildResult:
     """What ``edgec.build`` returns: the report, the folder, and the simulated design."""
@@ -101,6 +112,7 @@ def build(
     width: int = 16,
     random_samples: int = 200,
     progress: Callable[[str], None] | None = None,
+    options: DesignOptions | None = None,
 ) -> BuildResult:
     """Build ``model`` for ``target`` into ``output_dir`` and verify it.
 
@@ -108,7 +120,9 @@ def build(
     in the model's layout, or an ``(x, y)`` tuple with integer labels; without it, deterministic
     random inputs from the input's declared domain are used. Raises an :class:`edgec.errors.EdgecError`
     subclass on any user-facing problem; nothing is left in ``output_dir`` unless the build verified.
-    ``progress``, if given, is called with a short line as each step finishes.
+    ``progress``, if given, is called with a short line as each step finishes. ``options``
+    overrides part, clock, HLS backend, io type, strategy, reuse factor or precision (to reproduce
+    a published design); ``io_type`` is a shortcut for ``options.io_type``.
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -121,7 +135,13 @@ def build(
         if progress is not None:
             progress(f"{name:<12} {timings[name]:6.2f} s  {detail}".rstrip())
 
-    tgt = load_target(target)
+    options = options or DesignOptions()
+    if io_type is not None and options.io_type is None:
+        options = replace(options, io_type=io_type)
+    options.check()
+    base_target = load_target(target)
+    device = options.device(base_target)
+    tgt = target_for_device(base_target, device)
     out = Path(output_dir)
     if out.exists() and not force:
         raise OutputExistsError(f"output folder '{out}' already exists", hint="pass --force to replace it, or -o to choose another")
@@ -140,7 +160,16 @@ def build(
         x, data_desc = random_inputs(loaded.model, random_samples)
         y = None
     x_canon = to_canonical_layout(x, canonical.input_perm)
-    plan = plan_lowering(canonical.model, x_canon, tgt, io_type=io_type, width=width)
+    plan = plan_lowering(
+        canonical.model,
+        x_canon,
+        tgt,
+        io_type=options.io_type,
+        width=width,
+        strategy=options.strategy,
+        reuse_factor=options.reuse_factor,
+        precision=options.fixed(),
+    )
     lap("configure", f"{plan.io_type}, {len(plan.layers)} Dense/Conv layer(s) fitted to {tgt.name}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -149,7 +178,7 @@ def build(
         canonical.model.save(str(staging / "model.edgec.onnx"))
         stem = Path(loaded.path).stem if loaded.path else "edgec_model"
         project_name = sanitize_identifier(stem)
-        project = lower(canonical.model, plan, tgt, staging / "hls", project_name)
+        project = lower(canonical.model, plan, tgt, staging / "hls", project_name, backend=device.backend)
         timings["convert"] = project.timings["convert"]
         timings["compile"] = project.timings["compile"]
         if progress is not None:
@@ -178,6 +207,9 @@ def build(
         if verification["decisive_agreement"] < min_agreement:
             verification["first_divergence"] = first_divergence(project, canonical.model, x_canon)
         lap("verify", f"{verification['n_samples']} samples against {reference_name}")
+        design = estimate_design(cost_layers(canonical.model, plan, plan.io_type, options), device, base_target.power)
+        costs_by_tensor = {c.layer.output_tensor: c for c in design.layers}
+        lap("estimate", f"{design.cycles} cycles, {design.energy_uj:.3g} uJ per inference")
         report = {
             "schema_version": SCHEMA_VERSION,
             "edgec_version": __version__,
@@ -187,7 +219,8 @@ def build(
                 "inputs": [{"name": i.name, "shape": loaded.model.get_tensor_shape(i.name)} for i in loaded.model.graph.input if loaded.model.get_initializer(i.name) is None],
                 "outputs": [{"name": o.name, "shape": loaded.model.get_tensor_shape(o.name)} for o in loaded.model.graph.output],
             },
-            "target": tgt.to_report(),
+            "target": {"name": base_target.name, "part": device.part, "clock_mhz": round(device.clock_mhz, 6)},
+            "options": options.as_dict(),
             "io_type": plan.io_type,
             "layers": [
                 {
@@ -202,15 +235,22 @@ def build(
                     "reuse_factor": layer.reuse_factor,
                     "onnx_tensor": layer.onnx_tensor,
                     "choice_reason": layer.choice_reason,
+                    **_layer_cost(costs_by_tensor.get(layer.onnx_tensor), device.clock_ns),
                 }
                 for layer in project.layers
             ],
+            **cost_sections(design),
             "verification": verification,
             "passes": [{"name": p["name"], "params": p.get("params", {}), "seconds": p["seconds"], **({"details": p["details"]} if p.get("details") else {})} for p in canonical.passes],
             "decisions": loaded.notes + _pass_decisions(canonical.passes) + plan.notes,
             "timings": timings,
         }
+        bottleneck = design.bottleneck()
+        if bottleneck is not None:  # name it as the report's layers do (hls4ml's layer names)
+            named = [entry["name"] for entry in report["layers"] if entry["onnx_tensor"] == bottleneck.layer.output_tensor]
+            report["totals"]["bottleneck"] = named[0] if named else bottleneck.layer.name
         write_report(report, staging / "report.json")
+        write_html(report, staging / "report.html")
         (staging / "summary.txt").write_text(render_summary(report) + "\n")
         (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if verification["decisive_agreement"] < min_agreement:

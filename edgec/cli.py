@@ -1,4 +1,4 @@
-"""The `edgec` command: build | simulate | inspect | targets."""
+"""The `edgec` command: build | estimate | simulate | report | inspect | targets."""
 
 from __future__ import annotations
 
@@ -15,6 +15,20 @@ import numpy as np
 from edgec.errors import EdgecError
 
 
+def _design_options(args: argparse.Namespace):
+    from edgec.estimate import DesignOptions
+
+    return DesignOptions(
+        part=args.part,
+        clock_ns=args.clock_ns,
+        backend=args.backend,
+        io_type=args.io_type,
+        strategy=args.strategy,
+        reuse_factor=args.reuse_factor,
+        precision=args.precision,
+    )
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     from edgec.build import build
     from edgec.report import render_summary
@@ -26,14 +40,38 @@ def _cmd_build(args: argparse.Namespace) -> int:
         data=args.data,
         force=args.force,
         min_agreement=args.min_agreement,
-        io_type=args.io_type,
         width=args.width,
         progress=lambda line: print(line, flush=True),
+        options=_design_options(args),
     )
     print()
     print(render_summary(result.report))
     print(f"\nbuild folder: {result.output_dir}")
     return 0
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from edgec.estimate import estimate
+    from edgec.report import render_summary
+
+    report = estimate(args.model, target=args.target, data=args.data, options=_design_options(args), width=args.width)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(render_summary(report))
+    return 0
+
+
+def _add_design_options(p: argparse.ArgumentParser) -> None:
+    """Overrides that reproduce a published hls4ml design (shared by build and estimate)."""
+    g = p.add_argument_group("design overrides")
+    g.add_argument("--part", help="FPGA part instead of the board's (see targets/parts/parts.yaml)")
+    g.add_argument("--clock-ns", type=float, help="clock period in ns instead of the board's default clock")
+    g.add_argument("--backend", choices=["vivado", "vitis"], help="HLS backend (default vitis)")
+    g.add_argument("--io-type", choices=["io_parallel", "io_stream"], help="hls4ml I/O type (default: by model)")
+    g.add_argument("--strategy", choices=["latency", "resource"], help="hls4ml strategy of every Dense/Conv layer")
+    g.add_argument("--reuse-factor", type=int, help="reuse factor of every Dense/Conv layer (nearest valid one is used)")
+    g.add_argument("--precision", help="one type for every tensor, weight and accumulator, e.g. 'fixed<16,6>'")
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -69,6 +107,27 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from edgec.errors import BuildFolderError
+    from edgec.report_html import write_html
+
+    folder = Path(args.build_dir)
+    report_path = folder / "report.json"
+    if not report_path.is_file():
+        raise BuildFolderError(f"{folder}: not an edgec build folder (no report.json)", hint="run `edgec build` first")
+    try:
+        report = json.loads(report_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BuildFolderError(f"{report_path}: not a readable report ({exc})", hint="rebuild with `edgec build --force`") from None
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    html_path = folder / "report.html"
+    write_html(report, html_path)
+    print(html_path)
+    return 0
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from edgec.frontend.inspect import inspect_model, render_inspection
     from edgec.frontend.load import load_model
@@ -100,14 +159,28 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--data", help=".npz with x (model layout) and optional y labels, or .npy inputs")
     b.add_argument("--force", action="store_true", help="replace an existing build folder")
     b.add_argument("--min-agreement", type=float, default=0.99, help="fail (exit 3) below this argmax agreement")
-    b.add_argument("--io-type", choices=["io_parallel", "io_stream"], help="hls4ml I/O type (default: by model)")
     b.add_argument("--width", type=int, default=16, help="bit width of calibrated fixed-point types (default 16)")
+    _add_design_options(b)
     b.set_defaults(func=_cmd_build)
+    e = sub.add_parser("estimate", help="latency, resources and energy per layer in seconds, without compiling")
+    e.add_argument("model", help="ONNX or QONNX file")
+    e.add_argument("--target", default="pynq-z2", help="board name (see `edgec targets`) or a target YAML file")
+    e.add_argument("--data", help="calibration inputs (.npz/.npy); random inputs from the input's domain otherwise")
+    e.add_argument("--width", type=int, default=16, help="bit width of calibrated fixed-point types (default 16)")
+    e.add_argument("--json", action="store_true", help="print only the JSON report (layers, totals, cost_model)")
+    _add_design_options(e)
+    e.set_defaults(func=_cmd_estimate)
     s = sub.add_parser("simulate", help="run a build's C simulation on new inputs")
     s.add_argument("build_dir")
     s.add_argument("--data", required=True, help=".npz with x and optional y, or .npy")
     s.add_argument("--output", help="save the simulated outputs to this .npy")
     s.set_defaults(func=_cmd_simulate)
+    r = sub.add_parser("report", help="re-render a build's report.html (default) or print its report.json")
+    r.add_argument("build_dir")
+    r_fmt = r.add_mutually_exclusive_group()
+    r_fmt.add_argument("--html", action="store_true", help="rewrite BUILD_DIR/report.html and print its path (default)")
+    r_fmt.add_argument("--json", action="store_true", help="print the report JSON to stdout")
+    r.set_defaults(func=_cmd_report)
     i = sub.add_parser("inspect", help="list layers, shapes, MACs, quantization and unsupported ops")
     i.add_argument("model")
     i.add_argument("--json", action="store_true")

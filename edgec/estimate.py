@@ -174,7 +174,7 @@ def estimate(
         x, _ = load_data(data, input_shape)
     else:
         x, _ = random_inputs(loaded.model, random_samples)
-    x_canon = to_canonical_layout(x[:random_samples], canonical.input_perm)
+    x_canon = to_canonical_layout(x, canonical.input_perm)  # calibration uses the first 128
     plan = plan_lowering(
         canonical.model,
         x_canon,

@@ -413,17 +413,23 @@ class HlsProject:
         return {k: np.asarray(v, dtype=np.float64).reshape(x.shape[0], -1) for k, v in traces.items()}
 
 
-def lower(model: ModelWrapper, plan: LoweringPlan, target: Target, project_dir: Path, project_name: str) -> HlsProject:
-    """Convert the canonical model with hls4ml, apply edgec's types, write and compile the project."""
+def lower(model: ModelWrapper, plan: LoweringPlan, target: Target, project_dir: Path, project_name: str, backend: str = "vitis") -> HlsProject:
+    """Convert the canonical model with hls4ml, apply edgec's types, write and compile the project.
+
+    With a user-given precision (``plan.precision``) every type is that one, as in hls4ml's own
+    ``default_precision`` designs, and edgec's typing is skipped.
+    """
     import time
 
     import hls4ml
 
     project_name = sanitize_identifier(project_name)
+    hls_backend = "Vivado" if backend.lower() == "vivado" else "Vitis"
+    default_precision = plan.precision.hls4ml() if plan.precision is not None else f"fixed<{plan.width},6>"
     start = time.perf_counter()
     with _quiet():
         cfg = hls4ml.utils.config.config_from_onnx_model(
-            model, granularity="name", backend="Vitis", default_precision=f"fixed<{plan.width},6>"
+            model, granularity="name", backend=hls_backend, default_precision=default_precision
         )
     cfg["Model"]["Strategy"] = "Latency"
     for layer_cfg in cfg["LayerName"].values():
@@ -441,13 +447,14 @@ def lower(model: ModelWrapper, plan: LoweringPlan, target: Target, project_dir: 
                 output_dir=str(project_dir),
                 project_name=project_name,
                 hls_config=cfg,
-                backend="Vitis",
+                backend=hls_backend,
                 part=target.part,
                 clock_period=round(target.clock_period_ns, 3),
                 io_type=plan.io_type,
             )
-        apply_types(hm, model, plan)
-        _refresh_templates(hm)
+        if plan.precision is None:
+            apply_types(hm, model, plan)
+            _refresh_templates(hm)
         converted = time.perf_counter()
         with _quiet():
             hm.write()

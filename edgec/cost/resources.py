@@ -295,7 +295,8 @@ def layer_resources(layer: LayerConfig, device: Device, depth: int, is_last: boo
     """Resources of one layer; ``depth`` is its pipeline depth from edgec.cost.cycles; the last
     layer writes the design's output port rather than a FIFO."""
     res = _linear(layer, device, depth) if layer.kind in ("dense", "conv", "depthwise") else _elementwise(layer, device, depth)
-    res.lut += LUT_PER_LAYER_CONTROL
+    res.lut = int(round(res.lut)) + LUT_PER_LAYER_CONTROL
+    res.ff, res.dsp, res.bram18 = int(round(res.ff)), int(res.dsp), int(res.bram18)
     if layer.io_type == "io_stream":
         res.ff += FF_PER_LAYER_CONTROL_STREAM
         if not is_last:
