@@ -20,6 +20,7 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/edgec targets
 	$(VENV)/bin/edgec inspect examples/models/digits_cnn.onnx
+	$(VENV)/bin/edgec estimate examples/models/digits_cnn.onnx --target pynq-z2
 	$(VENV)/bin/edgec build examples/models/digits_cnn.onnx --target pynq-z2 --data examples/data/digits_test.npz -o build/digits_cnn --force
 
 # headless Chromium renders report.html in tests/test_html_report.py (Debian package; needs root for apt-get)
@@ -32,6 +33,7 @@ test: $(STAMP) chromium
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/edgec_vs_hls4ml.py
+	$(PY) benchmarks/costval_validation.py --table
 
 clean:
 	rm -rf build .pytest_cache

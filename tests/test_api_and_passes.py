@@ -18,7 +18,7 @@ def test_api_accepts_modelproto_and_predicts(tmp_path, data_dir):
     result = edgec.build(proto, target="pynq-z2", output_dir=tmp_path / "api")
     assert REPORT_KEYS <= set(result.report)
     assert result.report["target"] == {"name": "pynq-z2", "part": "xc7z020clg400-1", "clock_mhz": 100.0}
-    assert set(result.report["timings"]) == {"load", "canonicalize", "configure", "convert", "compile", "verify"}
+    assert set(result.report["timings"]) == {"load", "canonicalize", "configure", "convert", "compile", "verify", "estimate"}
     layer = result.report["layers"][0]
     assert {"name", "op", "inputs_shape", "outputs_shape", "macs", "params", "precision", "strategy", "reuse_factor"} <= set(layer)
     assert layer["macs"] == 16 * 64
