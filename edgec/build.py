@@ -169,6 +169,7 @@ def build(
         strategy=options.strategy,
         reuse_factor=options.reuse_factor,
         precision=options.fixed(),
+        backend=options.backend,
     )
     lap("configure", f"{plan.io_type}, {len(plan.layers)} Dense/Conv layer(s) fitted to {tgt.name}")
 

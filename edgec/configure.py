@@ -139,32 +139,47 @@ def _valid_reuse_factors(n_in: int, n_out: int) -> tuple[int, ...]:
 
 
 def _estimate(choice: LayerChoice, target: Target) -> None:
+    """Quick per-layer bound (weights unseen) kept on the choice for the report of user overrides."""
     res = estimate_linear_layer(
         choice.multiplies, choice.weights, choice.weight_t.width, choice.input_bits, choice.reuse_factor, choice.strategy, target
     )
     choice.dsp, choice.lut, choice.bram18 = res.dsp, res.lut, res.bram18
 
 
-def fit_to_target(layers: dict[str, LayerChoice], target: Target) -> list[str]:
-    """Raise reuse factors (switching to the Resource strategy) until the design fits the target."""
+def _design_resources(model: ModelWrapper, plan: LoweringPlan, device) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """Total resources of the design the plan describes, and each Dense/Conv layer's (full cost model)."""
+    from edgec.cost.design import estimate_design
+    from edgec.cost.layer import plan_cost_layers
+
+    design = estimate_design(plan_cost_layers(model, plan, plan.io_type), device)
+    per_layer = {cost.layer.name: cost.resources.as_dict() for cost in design.layers if cost.layer.name in plan.layers}
+    return design.resources(), per_layer
+
+
+def fit_to_target(model: ModelWrapper, plan: LoweringPlan, target: Target, backend: str | None = None) -> list[str]:
+    """Raise reuse factors (switching to the Resource strategy) until the design, as the cost model
+    of edgec.cost estimates it, uses at most UTILIZATION_CAP of every resource of the target."""
+    from edgec.cost.device import device_for
+
+    device = device_for(target, backend=backend)
     budget = {
         "dsp": target.resources.dsp * UTILIZATION_CAP,
         "lut": target.resources.lut * UTILIZATION_CAP,
+        "ff": target.resources.ff * UTILIZATION_CAP,
         "bram18": target.resources.bram18 * UTILIZATION_CAP,
     }
-    for choice in layers.values():
-        _estimate(choice, target)
+    layers = plan.layers
     while True:
-        totals = {k: sum(getattr(c, k) for c in layers.values()) for k in budget}
+        totals, per_layer = _design_resources(model, plan, device)
         over = [k for k in budget if totals[k] > budget[k]]
         if not over:
             return [f"{c.node}: {c.reason}" for c in layers.values() if c.reuse_factor > 1]
         worst = over[0]
         # Relieve the resource that is over: serialize the layer using most of it by one step.
-        candidates = sorted(layers.values(), key=lambda c: getattr(c, worst), reverse=True)
+        candidates = sorted(layers.values(), key=lambda c: per_layer.get(c.node, {}).get(worst, 0), reverse=True)
         moved = False
         for choice in candidates:
-            if getattr(choice, worst) == 0:
+            if per_layer.get(choice.node, {}).get(worst, 0) == 0:
                 break
             valid = [r for r in _valid_reuse_factors(choice.n_in, choice.n_out) if r > choice.reuse_factor]
             if not valid:
@@ -179,11 +194,11 @@ def fit_to_target(layers: dict[str, LayerChoice], target: Target) -> list[str]:
             moved = True
             break
         if not moved:
-            largest = max(layers.values(), key=lambda c: c.weights)
+            largest = max(layers.values(), key=lambda c: c.weights) if layers else None
+            where = f" (largest layer: {largest.node}, {largest.weights} weights)" if largest else ""
             raise TargetFitError(
                 f"model does not fit {target.name} even at the largest reuse factor: estimated "
-                f"{worst.upper()} {totals[worst]:.0f} > {budget[worst]:.0f} available to the design "
-                f"(largest layer: {largest.node}, {largest.weights} weights)",
+                f"{worst.upper()} {totals[worst]:.0f} > {budget[worst]:.0f} available to the design{where}",
                 hint="prune or quantize the model, or pick a larger target (`edgec targets`)",
             )
 
@@ -203,6 +218,7 @@ def plan_lowering(
     strategy: str | None = None,
     reuse_factor: int | None = None,
     precision: FixedType | None = None,
+    backend: str | None = None,
 ) -> LoweringPlan:
     """Calibrate ranges, choose per-layer types, strategy and reuse factor for ``target``.
 
@@ -223,8 +239,9 @@ def plan_lowering(
                     choice.input_bits = precision.width
                 layers[node.name] = choice
     notes: list[str] = []
+    plan = LoweringPlan(io_type=chosen_io, width=precision.width if precision else width, tensor_max_abs=ranges, layers=layers, notes=notes, precision=precision)
     if strategy is None and reuse_factor is None:
-        notes = fit_to_target(layers, target)
+        notes.extend(fit_to_target(model, plan, target, backend=backend))
     else:
         for choice in layers.values():
             choice.strategy = (strategy or ("Resource" if (reuse_factor or 1) > 1 else "Latency")).capitalize()
@@ -238,4 +255,4 @@ def plan_lowering(
         notes.append("io_stream chosen for a convolutional model (line-buffer convolutions)")
     if precision is not None:
         notes.append(f"every type set to {precision.hls4ml()} by the user (no calibrated or exact types)")
-    return LoweringPlan(io_type=chosen_io, width=precision.width if precision else width, tensor_max_abs=ranges, layers=layers, notes=notes, precision=precision)
+    return plan

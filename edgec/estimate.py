@@ -19,9 +19,9 @@ from edgec import __version__
 from edgec.configure import LoweringPlan, plan_lowering
 from edgec.cost.design import DesignCost, estimate_design
 from edgec.cost.device import Device, device_for
-from edgec.cost.layer import DesignSettings, LayerConfig, layers_from_onnx
+from edgec.cost.layer import LayerConfig, plan_cost_layers
 from edgec.errors import OptionError
-from edgec.fixed_point import FixedType, parse_fixed, range_type
+from edgec.fixed_point import FixedType, parse_fixed
 from edgec.targets import Target, load_target
 
 REPORT_SCHEMA_VERSION = 1
@@ -73,45 +73,9 @@ def target_for_device(target: Target, device: Device) -> Target:
     return replace(target, part=device.part, family=device.family, dsp_kind=device.dsp_kind, resources=device.resources, clock_mhz=device.clock_mhz)
 
 
-def _quantizer_type(model: ModelWrapper, tensor: str) -> FixedType | None:
-    """The type a QONNX quantizer gives its output (its bit width; range from its scale)."""
-    producer = model.find_producer(tensor)
-    if producer is None:
-        return None
-    if producer.op_type == "BipolarQuant":
-        return FixedType(1, 1)
-    if producer.op_type == "Quant" and len(producer.input) > 3:
-        bits = model.get_initializer(producer.input[3])
-        signed = model.get_initializer(producer.input[2]) if len(producer.input) > 2 else None
-        if bits is None:
-            return None
-        width = int(np.asarray(bits).reshape(-1)[0])
-        is_signed = bool(np.asarray(signed).reshape(-1)[0]) if signed is not None else True
-        return FixedType(max(width, 1), max(width, 1) if is_signed else width, is_signed)
-    return None
-
-
 def cost_layers(model: ModelWrapper, plan: LoweringPlan, io_type: str, options: DesignOptions) -> list[LayerConfig]:
     """The design's layers as the cost models see them, typed as the plan (or the user) chose."""
-    settings = DesignSettings(
-        io_type=io_type,
-        strategy=options.strategy,
-        reuse_factor=None,  # the plan holds the valid reuse factor per layer
-        precision=options.fixed(),
-    )
-
-    def tensor_type(tensor: str) -> FixedType | None:
-        return _quantizer_type(model, tensor) or plan.tensor_type(tensor)
-
-    def weight_type(node: str, weights: np.ndarray) -> FixedType:
-        choice = plan.layers.get(node)
-        return choice.weight_t if choice is not None else range_type(float(np.max(np.abs(weights))), plan.width)
-
-    def layer_strategy(node: str) -> tuple[str, int]:
-        choice = plan.layers.get(node)
-        return (choice.strategy, choice.reuse_factor) if choice is not None else ("Latency", 1)
-
-    return layers_from_onnx(model, settings, tensor_type, weight_type, layer_strategy)
+    return plan_cost_layers(model, plan, io_type, strategy=options.strategy)
 
 
 def layer_report(cost_layer, clock_ns: float) -> dict:
@@ -184,6 +148,7 @@ def estimate(
         strategy=options.strategy,
         reuse_factor=options.reuse_factor,
         precision=options.fixed(),
+        backend=options.backend,
     )
     layers = cost_layers(canonical.model, plan, plan.io_type, options)
     design = estimate_design(layers, device, tgt.power)

@@ -150,3 +150,22 @@ def test_build_reports_the_same_cost_as_estimate(data_dir, tmp_path):
     summary = (tmp_path / "b" / "summary.txt").read_text()
     assert "inferences/s" in summary and "uJ per inference" in summary and "bottleneck:" in summary
     assert report["totals"]["bottleneck"] in {layer["name"] for layer in report["layers"]}
+
+
+def test_build_with_overrides_reproduces_the_published_design(data_dir, tmp_path):
+    """hls4ml's z7020 report design: Dense(16->5)+ReLU, io_stream, fixed<16,6> everywhere, 5 ns, Vivado."""
+    model = data_dir / "costval" / "models" / "Vivado-2020.1-report_dense16to5_relu_stream_z7020.onnx"
+    flags = ["--target", "zcu104", "--part", "xc7z020clg400-1", "--clock-ns", "5", "--backend", "vivado", "--io-type", "io_stream", "--precision", "fixed<16,6>"]
+    out = tmp_path / "z7020"
+    proc = subprocess.run([sys.executable, "-m", "edgec", "build", str(model), *flags, "-o", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    tcl = (out / "hls" / "project.tcl").read_text()
+    assert 'set part "xc7z020clg400-1"' in tcl and "set clock_period 5" in tcl and 'set backend "vivado"' in tcl
+    defines = (out / "hls" / "firmware" / "defines.h").read_text()
+    assert "accum_t;" in defines and "ap_fixed<16,6> Dense_MatMul_0_accum_t" in defines
+    assert "ap_fixed<16,6>, 5*1> Dense_MatMul_0_result_t" in defines
+    report = json.loads((out / "report.json").read_text())
+    est = json.loads(subprocess.run([sys.executable, "-m", "edgec", "estimate", str(model), *flags, "--json"], capture_output=True, text=True, check=True).stdout)
+    assert report["totals"]["cycles"] == est["totals"]["cycles"] and report["totals"]["resources"] == est["totals"]["resources"]
+    # the published synthesis: 10 cycles, II 8, 73 DSP (tests/data/costval)
+    assert abs(report["totals"]["cycles"] - 10) <= 2 and abs(report["totals"]["resources"]["dsp"] - 73) <= 0.25 * 73

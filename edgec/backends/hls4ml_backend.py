@@ -294,6 +294,18 @@ def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
             current[out] = final
 
 
+def apply_uniform_precision(hm, precision: FixedType) -> None:
+    """Give every result and accumulator the user's one type, as published hls4ml designs made
+    with ``default_precision`` have it (hls4ml 1.3 would otherwise infer wider Dense results)."""
+    for layer in hm.get_layers():
+        if layer.class_name in ("Input", "Softmax") or _is_quantizer(layer):
+            continue
+        if "accum_t" in layer.types:
+            layer.types["accum_t"].precision = _ap(precision)
+        if layer.class_name not in PASS_THROUGH_CLASSES:
+            _set_result(layer, precision)
+
+
 def _refresh_templates(hm) -> None:
     """Re-render hls4ml's per-layer C++ config/function snippets after edgec changed the types.
 
@@ -454,7 +466,9 @@ def lower(model: ModelWrapper, plan: LoweringPlan, target: Target, project_dir: 
             )
         if plan.precision is None:
             apply_types(hm, model, plan)
-            _refresh_templates(hm)
+        else:
+            apply_uniform_precision(hm, plan.precision)
+        _refresh_templates(hm)
         converted = time.perf_counter()
         with _quiet():
             hm.write()

@@ -141,8 +141,9 @@ def _elementwise(layer: LayerConfig, device: Device) -> LayerCycles:
             depth = math.ceil(log2ceil(layer.pool_size) * _add_ns(layer.result_bits + log2ceil(layer.pool_size), device) / device.effective_period_ns)
         if layer.variable_divisor and device.backend == "vivado":
             depth += layer.result_bits + DIVIDER_EXTRA_CYCLES
-    if layer.kind == "batchnorm":
-        depth = max(0, math.ceil((_mult_ns(layer, device) + _add_ns(layer.result_bits, device)) / device.effective_period_ns) - 1)
+    if layer.kind in ("batchnorm", "bias"):
+        mult = _mult_ns(layer, device) if layer.kind == "batchnorm" else 0.0
+        depth = max(0, math.ceil((mult + _add_ns(layer.result_bits, device)) / device.effective_period_ns) - 1)
     if layer.io_type == "io_stream":
         if layer.kind in ("pool", "transpose", "pad") or (layer.kind == "global_pool"):
             latency = layer.in_positions + depth + STREAM_WINDOW_CYCLES

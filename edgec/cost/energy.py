@@ -105,7 +105,8 @@ def _compute_pj(layer: LayerConfig, dsp_products: int | None, lut_products: int 
             pj += elems * (layer.result_bits + 5) * add_pj(layer.result_bits) * fpga_add
         return pj
     if layer.kind == "batchnorm":
-        return elems * (mult_pj(layer.input_bits, layer.result_bits) * FPGA_DSP_GAP_ASSUMED + add_pj(layer.result_bits) * fpga_add)
+        nonzero = float(np.mean(np.asarray(layer.weight_codes) != 0)) if layer.weight_codes is not None else 1.0
+        return elems * (nonzero * mult_pj(layer.input_bits, layer.weight_bits or layer.result_bits) * FPGA_DSP_GAP_ASSUMED + add_pj(layer.result_bits) * fpga_add)
     if layer.kind == "activation" and (layer.activation or "linear") == "linear":
         return 0.0
     # activations, merges, quantizers: about one add-sized operation per element

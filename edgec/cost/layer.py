@@ -166,6 +166,15 @@ def _bits(ftype: FixedType | None, default: int) -> int:
     return ftype.width if ftype is not None else default
 
 
+def _scale_codes(scale: np.ndarray, precision: FixedType | None, default_bits: int) -> tuple[np.ndarray, int]:
+    """Codes of per-channel (or scalar) multiplier constants, on the given or an exact/ranged grid."""
+    from edgec.fixed_point import exact_type, range_type
+
+    flat = np.asarray(scale, dtype=np.float64).reshape(-1)
+    ftype = precision or exact_type(flat, default_bits) or range_type(float(np.max(np.abs(flat))) if flat.size else 1.0, default_bits)
+    return weight_codes(flat, ftype), ftype.width
+
+
 def layers_from_onnx(
     model: ModelWrapper,
     settings: DesignSettings,
@@ -227,6 +236,12 @@ def layers_from_onnx(
                     weights = np.moveaxis(weights, 1, -1)
                 in_spatial, c_in = _spatial(in_shape, last)
                 out_spatial, _ = _spatial(out_shape, last)
+                if settings.io_type == "io_stream":
+                    # hls4ml's io_stream convolution reads a zero-padded input (it inserts a
+                    # ZeroPadding layer in front: hls4ml/backends/vivado/passes/conv_same_pad.py)
+                    pads = [int(p) for p in _attr(node, "pads", [0] * (2 * len(in_spatial)))]
+                    half = len(pads) // 2
+                    in_spatial = [d + pads[i] + pads[i + half] for i, d in enumerate(in_spatial)]
                 layer.positions = int(np.prod(out_spatial)) if out_spatial else 1
                 layer.in_positions = int(np.prod(in_spatial)) if in_spatial else 1
                 layer.in_width = in_spatial[-1] if in_spatial else 1
@@ -292,9 +307,20 @@ def layers_from_onnx(
             layer.pool_size = layer.in_positions
         elif op == "BatchNormalization":
             layer.kind = "batchnorm"
+            gamma, var = model.get_initializer(node.input[1]), model.get_initializer(node.input[4])
+            if gamma is not None and var is not None:
+                scale = np.asarray(gamma) / np.sqrt(np.asarray(var) + float(_attr(node, "epsilon", 1e-5)))
+                layer.weight_codes, layer.weight_bits = _scale_codes(scale, settings.precision, default_bits)
         elif op in MERGE_OPS:
-            if any(model.get_initializer(i) is not None for i in node.input[1:]):
-                layer.kind = "batchnorm" if op in ("Mul", "Div", "Add", "Sub") else "merge"
+            consts = [model.get_initializer(i) for i in node.input]
+            const = next((c for c in consts if c is not None), None)
+            if const is not None and op in ("Mul", "Div"):
+                # hls4ml's ApplyAlpha: one constant multiply per element (per-channel or scalar)
+                layer.kind = "batchnorm"
+                scale = 1.0 / np.asarray(const, dtype=np.float64) if op == "Div" else np.asarray(const, dtype=np.float64)
+                layer.weight_codes, layer.weight_bits = _scale_codes(scale, settings.precision, default_bits)
+            elif const is not None:
+                layer.kind = "bias"  # a constant Add/Sub: one adder per element
             else:
                 layer.kind = "merge"
             layer.merge_inputs = len(node.input)
@@ -314,6 +340,45 @@ def layers_from_onnx(
     for layer in layers:
         layer.io_type = settings.io_type
     return layers
+
+
+def quantizer_type(model: ModelWrapper, tensor: str) -> FixedType | None:
+    """The type a QONNX quantizer gives its output (its bit width)."""
+    producer = model.find_producer(tensor)
+    if producer is None:
+        return None
+    if producer.op_type == "BipolarQuant":
+        return FixedType(1, 1)
+    if producer.op_type == "Quant" and len(producer.input) > 3:
+        bits = model.get_initializer(producer.input[3])
+        signed = model.get_initializer(producer.input[2]) if len(producer.input) > 2 else None
+        if bits is None:
+            return None
+        width = int(np.asarray(bits).reshape(-1)[0])
+        is_signed = bool(np.asarray(signed).reshape(-1)[0]) if signed is not None else True
+        return FixedType(max(width, 1), max(width, 1) if is_signed else width, is_signed)
+    return None
+
+
+def plan_cost_layers(model: ModelWrapper, plan, io_type: str, strategy: str | None = None) -> list[LayerConfig]:
+    """The design's layers as the cost models see them, typed and configured as ``plan`` (an
+    edgec.configure.LoweringPlan: ``tensor_type``, ``layers``, ``width``, ``precision``) chose."""
+    from edgec.fixed_point import range_type
+
+    settings = DesignSettings(io_type=io_type, strategy=strategy, reuse_factor=None, precision=plan.precision)
+
+    def tensor_type(tensor: str) -> FixedType | None:
+        return quantizer_type(model, tensor) or plan.tensor_type(tensor)
+
+    def weight_type(node: str, weights: np.ndarray) -> FixedType:
+        choice = plan.layers.get(node)
+        return choice.weight_t if choice is not None else range_type(float(np.max(np.abs(weights))), plan.width)
+
+    def layer_strategy(node: str) -> tuple[str, int]:
+        choice = plan.layers.get(node)
+        return (choice.strategy, choice.reuse_factor) if choice is not None else ("Latency", 1)
+
+    return layers_from_onnx(model, settings, tensor_type, weight_type, layer_strategy)
 
 
 def log2ceil(n: int) -> int:

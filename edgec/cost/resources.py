@@ -278,10 +278,14 @@ def _elementwise(layer: LayerConfig, device: Device, depth: int) -> LayerResourc
         if layer.io_type == "io_stream" and layer.kind == "pool":
             lut += math.ceil(layer.in_width * layer.channels * layer.input_bits / SRL_BITS_PER_LUT)
     elif layer.kind == "batchnorm":
-        # one constant multiply and add per element (per channel scale/shift)
-        per = dsp_per_multiply(bits, layer.input_bits, device.dsp_kind)
-        dsp += parallel * per
-        lut += int(parallel * bits * LUT_PER_ADDER_BIT) + (0 if per else int(parallel * bits * bits * LUTS_PER_PARTIAL_PRODUCT_BIT))
+        # one constant multiply per element (per-channel or scalar constants) and a shift add
+        codes = layer.weight_codes if layer.weight_codes is not None else np.full(1, 3)
+        census = constant_products(codes, layer.input_bits, layer.weight_bits or bits, device.dsp_kind)
+        repeat = parallel / codes.size
+        dsp += math.ceil(census.dsp * repeat)
+        lut += int(census.lut * repeat + parallel * bits * LUT_PER_ADDER_BIT)
+    elif layer.kind == "bias":
+        lut += int(parallel * bits * LUT_PER_ADDER_BIT)
     elif layer.kind == "merge":
         lut += int(parallel * bits * LUT_PER_ADDER_BIT * max(layer.merge_inputs - 1, 1))
     elif layer.kind == "quantizer":
