@@ -114,7 +114,7 @@ def prunable_layers(model: ModelWrapper) -> list[WeightRef]:
         tensor, quant, perm = source
         name = node.name or f"{node.op_type}_{index}"
 
-        def axis(a: int) -> int:
+        def axis(a: int, perm: list[int] | None = perm) -> int:
             return perm[a] if perm else a
 
         if node.op_type == "MatMul":
