@@ -47,6 +47,28 @@ def from_canonical_layout(y: np.ndarray, canonical_out_shape: list[int], output_
     return y.reshape(y.shape[0], -1)
 
 
+def prune_model(model, specs: list, x: np.ndarray | None, y: np.ndarray | None, metric_x: np.ndarray, progress=None):
+    """Run pruning specs on a loaded model: on the user's data (x, y) when given, otherwise with the
+    passes' data-free criteria, measuring agreement with the unpruned model on ``metric_x``."""
+    from edgec.passes.prune import PruneContext, run_pruning
+
+    ctx = PruneContext(x, y, progress=progress)
+    metrics = ctx if x is not None else PruneContext(metric_x, None)
+    return run_pruning(model, specs, ctx, metrics)
+
+
+def _prune_decisions(records: list[dict]) -> list[str]:
+    lines = []
+    for record in records:
+        metric = ""
+        if record.get("accuracy_before") is not None:
+            metric = f", {record['metric']} {record['accuracy_before']:.4f} -> {record['accuracy_after']:.4f}"
+        lines.append(f"prune {record['name']} ({record.get('mode') or 'one-shot'}): MACs {record['ops_before']} -> {record['ops_after']}, "
+                     f"non-zero parameters {record['params_before']} -> {record['params_after']}{metric}")
+        lines.extend(f"  {note}" for note in record.get("notes", []))
+    return lines
+
+
 def _pass_decisions(passes: list[dict]) -> list[str]:
     """One readable line per thing a pass decided, for the summary and report.decisions."""
     lines = []
@@ -113,6 +135,7 @@ def build(
     random_samples: int = 200,
     progress: Callable[[str], None] | None = None,
     options: DesignOptions | None = None,
+    prune: list | None = None,
 ) -> BuildResult:
     """Build ``model`` for ``target`` into ``output_dir`` and verify it.
 
@@ -122,7 +145,9 @@ def build(
     subclass on any user-facing problem; nothing is left in ``output_dir`` unless the build verified.
     ``progress``, if given, is called with a short line as each step finishes. ``options``
     overrides part, clock, HLS backend, io type, strategy, reuse factor or precision (to reproduce
-    a published design); ``io_type`` is a shortcut for ``options.io_type``.
+    a published design); ``io_type`` is a shortcut for ``options.io_type``. ``prune`` is a list of
+    pruning specs (``"magnitude:sparsity=0.5"`` or ``("magnitude", {"sparsity": 0.5})``) run in
+    order on the model before it is lowered, on ``data`` when given (data-free otherwise).
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -147,8 +172,6 @@ def build(
         raise OutputExistsError(f"output folder '{out}' already exists", hint="pass --force to replace it, or -o to choose another")
     loaded = load_model(model)
     lap("load", "QONNX model" if loaded.is_qonnx else "ONNX model")
-    canonical = canonicalize(loaded.model)
-    lap("canonicalize", f"{len(canonical.model.graph.node)} nodes")
     input_shape = loaded.model.get_tensor_shape(loaded.model.graph.input[0].name)
     if isinstance(data, (np.ndarray, tuple)):
         x, y = arrays_as_data(data, input_shape)
@@ -159,6 +182,12 @@ def build(
     else:
         x, data_desc = random_inputs(loaded.model, random_samples)
         y = None
+    prune_records: list[dict] = []
+    if prune:
+        loaded.model, prune_records = prune_model(loaded.model, prune, x if data is not None else None, y, x, progress)
+        lap("prune", f"{len(prune_records)} pass(es)")
+    canonical = canonicalize(loaded.model)
+    lap("canonicalize", f"{len(canonical.model.graph.node)} nodes")
     x_canon = to_canonical_layout(x, canonical.input_perm)
     plan = plan_lowering(
         canonical.model,
@@ -242,8 +271,8 @@ def build(
             ],
             **cost_sections(design),
             "verification": verification,
-            "passes": [{"name": p["name"], "params": p.get("params", {}), "seconds": p["seconds"], **({"details": p["details"]} if p.get("details") else {})} for p in canonical.passes],
-            "decisions": loaded.notes + _pass_decisions(canonical.passes) + plan.notes,
+            "passes": prune_records + [{"name": p["name"], "params": p.get("params", {}), "seconds": p["seconds"], **({"details": p["details"]} if p.get("details") else {})} for p in canonical.passes],
+            "decisions": loaded.notes + _prune_decisions(prune_records) + _pass_decisions(canonical.passes) + plan.notes,
             "timings": timings,
         }
         bottleneck = design.bottleneck()

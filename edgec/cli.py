@@ -43,6 +43,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         width=args.width,
         progress=lambda line: print(line, flush=True),
         options=_design_options(args),
+        prune=args.prune,
     )
     print()
     print(render_summary(result.report))
@@ -54,7 +55,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     from edgec.estimate import estimate
     from edgec.report import render_summary
 
-    report = estimate(args.model, target=args.target, data=args.data, options=_design_options(args), width=args.width)
+    report = estimate(args.model, target=args.target, data=args.data, options=_design_options(args), width=args.width, prune=args.prune)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -160,6 +161,9 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="replace an existing build folder")
     b.add_argument("--min-agreement", type=float, default=0.99, help="fail (exit 3) below this argmax agreement")
     b.add_argument("--width", type=int, default=16, help="bit width of calibrated fixed-point types (default 16)")
+    b.add_argument("--prune", action="append", metavar="METHOD[:key=value,...]",
+                   help="prune before lowering (repeatable, run in order): magnitude, channels, sensitivity, spp, bnn-latent; "
+                        "e.g. magnitude:sparsity=0.5,max_drop=0.5")
     _add_design_options(b)
     b.set_defaults(func=_cmd_build)
     e = sub.add_parser("estimate", help="latency, resources and energy per layer in seconds, without compiling")
@@ -168,6 +172,7 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="calibration inputs (.npz/.npy); random inputs from the input's domain otherwise")
     e.add_argument("--width", type=int, default=16, help="bit width of calibrated fixed-point types (default 16)")
     e.add_argument("--json", action="store_true", help="print only the JSON report (layers, totals, cost_model)")
+    e.add_argument("--prune", action="append", metavar="METHOD[:key=value,...]", help="prune first (as in build)")
     _add_design_options(e)
     e.set_defaults(func=_cmd_estimate)
     s = sub.add_parser("simulate", help="run a build's C simulation on new inputs")

@@ -46,6 +46,8 @@ class LayerChoice:
     dsp: int = 0
     lut: int = 0
     bram18: int = 0
+    sparsity: float = 0.0  # fraction of zero weights (after quantization to weight_t)
+    compressed: bool = False  # hls4ml's compressed (index + value) weights, Resource-strategy Dense only
 
 
 @dataclass
@@ -118,7 +120,11 @@ def _layer_choice(model: ModelWrapper, node, plan_width: int, ranges: dict[str, 
         float(np.max(np.abs(weight))), plan_width
     )
     in_bits = _quantizer_bits(model, node.input[0]) or plan_width
+    from edgec.cost.layer import weight_codes
+
+    sparsity = float(np.mean(weight_codes(weight, weight_t) == 0)) if weight.size else 0.0
     return LayerChoice(
+        sparsity=sparsity,
         node=node.name,
         op="Dense" if node.op_type == "MatMul" else "Conv",
         n_in=n_in,
@@ -203,6 +209,44 @@ def fit_to_target(model: ModelWrapper, plan: LoweringPlan, target: Target, backe
             )
 
 
+# hls4ml's compressed Dense (nnet_dense_compressed.h) stores each non-zero weight with its row and
+# column index (hls4ml/model/types.py CompressedWeightVariable: index width = bits of the largest
+# index) and multiplies only the non-zeros. Its weight memory is smaller than the dense layer's
+# once the zero fraction exceeds index_bits / (weight_bits + index_bits): the storage break-even.
+def compression_break_even(choice: LayerChoice) -> float:
+    """Sparsity above which compressed weights take less memory than dense ones."""
+    index_bits = 2 * max(1, (max(choice.n_in, choice.n_out) - 1).bit_length())
+    return index_bits / (choice.weight_t.width + index_bits)
+
+
+# hls4ml 1.3.0 cannot generate compressed Dense layers for the Vivado/Vitis backends: its config
+# template has no `dense_function` for strategy "compressed" (KeyError during conversion; checked
+# with a 256x64 layer at 85% zeros, see docs/hls4ml-notes.md). Flip this when a release fixes it.
+HLS4ML_COMPRESSION_WORKS = False
+
+
+def choose_compression(layers: dict[str, LayerChoice]) -> list[str]:
+    """Compress Resource-strategy Dense layers pruned beyond their storage break-even (when hls4ml
+    can generate them; otherwise say what it would save)."""
+    notes = []
+    for choice in layers.values():
+        if choice.op != "Dense" or choice.strategy != "Resource" or choice.reuse_factor <= 1:
+            continue
+        threshold = compression_break_even(choice)
+        if choice.sparsity < threshold:
+            continue
+        if HLS4ML_COMPRESSION_WORKS:
+            choice.compressed = True
+            choice.reason += f"; compressed weights (sparsity {choice.sparsity:.2f} >= break-even {threshold:.2f})"
+            notes.append(f"{choice.node}: compressed weights, {choice.sparsity * 100:.0f}% zeros (storage break-even {threshold * 100:.0f}%)")
+        else:
+            notes.append(
+                f"{choice.node}: {choice.sparsity * 100:.0f}% zeros is past the compressed-weights break-even ({threshold * 100:.0f}%), "
+                "but hls4ml 1.3.0 cannot generate compressed Dense layers; kept dense (Resource strategy reads the zeros too)"
+            )
+    return notes
+
+
 def _nearest_valid_reuse_factor(choice: LayerChoice, wanted: int) -> int:
     valid = _valid_reuse_factors(choice.n_in, choice.n_out)
     above = [r for r in valid if r >= wanted]
@@ -251,6 +295,7 @@ def plan_lowering(
             if choice.reuse_factor != wanted:
                 notes.append(f"{choice.node}: reuse factor {wanted} is not valid for a {choice.n_in}x{choice.n_out} kernel in hls4ml; using {choice.reuse_factor}")
             _estimate(choice, target)
+    notes.extend(choose_compression(layers))
     if io_type is None and has_conv:
         notes.append("io_stream chosen for a convolutional model (line-buffer convolutions)")
     if precision is not None:

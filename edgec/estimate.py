@@ -113,6 +113,7 @@ def estimate(
     options: DesignOptions | None = None,
     width: int = 16,
     random_samples: int = 32,
+    prune: list | None = None,
 ) -> dict:
     """Estimate ``model``'s design on ``target``; returns a report dict (layers, totals, cost_model).
 
@@ -130,14 +131,20 @@ def estimate(
     tgt = load_target(target)
     device = options.device(tgt)
     loaded = load_model(model)
-    canonical = canonicalize(loaded.model, for_estimate=True)
     input_shape = loaded.model.get_tensor_shape(loaded.model.graph.input[0].name)
+    y = None
     if isinstance(data, (np.ndarray, tuple)):
-        x, _ = arrays_as_data(data, input_shape)
+        x, y = arrays_as_data(data, input_shape)
     elif data is not None:
-        x, _ = load_data(data, input_shape)
+        x, y = load_data(data, input_shape)
     else:
         x, _ = random_inputs(loaded.model, random_samples)
+    prune_records: list[dict] = []
+    if prune:
+        from edgec.build import prune_model
+
+        loaded.model, prune_records = prune_model(loaded.model, prune, x if data is not None else None, y, x)
+    canonical = canonicalize(loaded.model, for_estimate=True)
     x_canon = to_canonical_layout(x, canonical.input_perm)  # calibration uses the first 128
     plan = plan_lowering(
         canonical.model,
@@ -165,6 +172,7 @@ def estimate(
         "options": options.as_dict(),
         "layers": [layer_report(c, device.clock_ns) for c in design.layers],
         **cost_sections(design),
+        "passes": prune_records,
         "decisions": plan.notes,
         "verification": None,
         "timings": {"estimate": round(time.perf_counter() - started, 3)},

@@ -452,6 +452,8 @@ def lower(model: ModelWrapper, plan: LoweringPlan, target: Target, project_dir: 
         precision["weight"] = choice.weight_t.hls4ml()
         layer_cfg["Strategy"] = choice.strategy
         layer_cfg["ReuseFactor"] = choice.reuse_factor
+        if choice.compressed:
+            layer_cfg["Compression"] = True
     try:
         with _quiet():
             hm = hls4ml.converters.convert_from_onnx_model(

@@ -66,6 +66,7 @@ class LayerConfig:
     kernel_rows: int = 1
     weight_codes: np.ndarray | None = None  # integer weights (value * 2^fractional bits)
     binary_weights: bool = False
+    compressed: bool = False  # hls4ml compressed weights (non-zeros with their indices)
     nonzero_bias: int = 0
     activation: str | None = None
     table_size: int = 0
@@ -378,7 +379,11 @@ def plan_cost_layers(model: ModelWrapper, plan, io_type: str, strategy: str | No
         choice = plan.layers.get(node)
         return (choice.strategy, choice.reuse_factor) if choice is not None else ("Latency", 1)
 
-    return layers_from_onnx(model, settings, tensor_type, weight_type, layer_strategy)
+    layers = layers_from_onnx(model, settings, tensor_type, weight_type, layer_strategy)
+    for layer in layers:
+        choice = plan.layers.get(layer.name)
+        layer.compressed = bool(choice is not None and getattr(choice, "compressed", False))
+    return layers
 
 
 def log2ceil(n: int) -> int:

@@ -190,6 +190,19 @@ def _linear(layer: LayerConfig, device: Device, depth: int) -> LayerResources:
         scale = 1.0 / rf  # hls4ml shares multipliers across RF cycles
         dsp += math.ceil(census.dsp * scale)
         lut += math.ceil(census.lut * scale)
+    elif layer.compressed:
+        # nnet_dense_compressed.h: ceil(non-zeros / RF) multipliers, weights stored with indices
+        nonzero_products = max(layer.nonzero_weights, 1)
+        parallel = math.ceil(nonzero_products / rf)
+        per = dsp_per_multiply(layer.weight_bits, layer.input_bits, device.dsp_kind)
+        dsp += parallel * per
+        if per == 0:
+            lut += int(parallel * layer.weight_bits * layer.input_bits * LUTS_PER_PARTIAL_PRODUCT_BIT)
+        index_bits = 2 * max(1, (max(layer.n_in, layer.n_out) - 1).bit_length())
+        total_bits = nonzero_products * (layer.weight_bits + index_bits)
+        bram = max(math.ceil(total_bits / BRAM18_BITS), math.ceil(parallel * (layer.weight_bits + index_bits) / BRAM18_MAX_WIDTH))
+        # the scatter of each product to its output accumulator: an n_out-way demultiplexer
+        lut += int(parallel * layer.accum_bits * math.ceil(layer.n_out / 4))
     else:
         parallel = math.ceil(n_products / rf)
         per = dsp_per_multiply(layer.weight_bits, layer.input_bits, device.dsp_kind)

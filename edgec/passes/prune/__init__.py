@@ -63,23 +63,30 @@ def pass_class(method: str) -> type[PruningPass]:
     return getattr(importlib.import_module(module), cls)
 
 
-def run_pruning(model: ModelWrapper, specs: list, ctx: PruneContext) -> tuple[ModelWrapper, list[dict]]:
-    """Run the pruning specs in order; returns the pruned model and one record per pass."""
+def run_pruning(model: ModelWrapper, specs: list, ctx: PruneContext, metrics: PruneContext | None = None) -> tuple[ModelWrapper, list[dict]]:
+    """Run the pruning specs in order; returns the pruned model and one record per pass.
+
+    ``metrics`` measures the before/after figures when the passes themselves run without data
+    (data-free criteria): e.g. agreement with the unpruned model on random inputs.
+    """
+    metrics = metrics or ctx
     parsed = [parse_prune_spec(spec) for spec in specs]
     passes = []
     for method, params in parsed:  # check every spec before running any
         cls = pass_class(method)
         passes.append(cls(ctx, **params))
     ctx.set_reference(model)
+    if metrics is not ctx:
+        metrics.set_reference(model)
     records = []
     for prune_pass in passes:
         elapsed = timer()
         before = layer_ops(model)
-        accuracy_before = ctx.evaluate(model)
+        accuracy_before = metrics.evaluate(model)
         ctx.say(f"prune {prune_pass.method}: {prune_pass.params}")
         model = model.transform(prune_pass)
         after = layer_ops(model)
-        accuracy_after = ctx.evaluate(model)
+        accuracy_after = metrics.evaluate(model)
         ops_before, params_before = totals(before)
         ops_after, params_after = totals(after)
         record = prune_pass.record
@@ -107,13 +114,13 @@ def run_pruning(model: ModelWrapper, specs: list, ctx: PruneContext) -> tuple[Mo
             "params_after": params_after,
             "accuracy_before": accuracy_before,
             "accuracy_after": accuracy_after,
-            "metric": ctx.metric if ctx.has_data else None,
+            "metric": (metrics.metric if metrics is ctx else "agreement on random inputs") if metrics.has_data else None,
             "mode": record.mode,
             "layers": layers,
             "notes": record.notes,
         })
         ctx.say(
             f"prune {prune_pass.method}: ops {ops_before} -> {ops_after}, non-zero params {params_before} -> {params_after}"
-            + (f", {ctx.metric} {accuracy_before:.4f} -> {accuracy_after:.4f}" if accuracy_before is not None else "")
+            + (f", {metrics.metric} {accuracy_before:.4f} -> {accuracy_after:.4f}" if accuracy_before is not None else "")
         )
     return model, records
