@@ -28,6 +28,7 @@ from qonnx.core.modelwrapper import ModelWrapper
 from torch import nn
 
 from edgec.passes.prune.common import attr, prunable_layers
+from edgec.passes.prune.spp import layer_bias
 
 SUPPORTED_OPS = frozenset({
     "MatMul", "Gemm", "Conv", "Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip",
@@ -63,21 +64,6 @@ def default_trainable(model: ModelWrapper) -> list[str]:
         if node.op_type == "BatchNormalization":
             names.extend(n for n in node.input[1:3] if model.get_initializer(n) is not None)
     return list(dict.fromkeys(names))
-
-
-def layer_bias(model: ModelWrapper, node) -> str | None:
-    """The bias initializer of a MatMul/Gemm/Conv node: its third input, or for a MatMul the
-    initializer added to its output by its only consumer ``Add``; None if there is none."""
-    if node.op_type in ("Conv", "Gemm"):
-        if len(node.input) > 2 and node.input[2] and model.get_initializer(node.input[2]) is not None:
-            return node.input[2]
-        return None
-    consumers = model.find_consumers(node.output[0]) or []
-    if len(consumers) == 1 and consumers[0].op_type == "Add":
-        others = [i for i in consumers[0].input if i != node.output[0]]
-        if len(others) == 1 and model.get_initializer(others[0]) is not None:
-            return others[0]
-    return None
 
 
 def _round_fn(mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
