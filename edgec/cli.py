@@ -55,7 +55,10 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     from edgec.estimate import estimate
     from edgec.report import render_summary
 
-    report = estimate(args.model, target=args.target, data=args.data, options=_design_options(args), width=args.width, prune=args.prune)
+    report = estimate(
+        args.model, target=args.target, data=args.data, options=_design_options(args), width=args.width, prune=args.prune,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),  # stdout stays the report (pure JSON with --json)
+    )
     if args.json:
         print(json.dumps(report, indent=2))
     else:

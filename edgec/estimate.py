@@ -114,6 +114,7 @@ def estimate(
     width: int = 16,
     random_samples: int = 32,
     prune: list | None = None,
+    progress=None,
 ) -> dict:
     """Estimate ``model``'s design on ``target``; returns a report dict (layers, totals, cost_model).
 
@@ -143,7 +144,7 @@ def estimate(
     if prune:
         from edgec.build import prune_model
 
-        loaded.model, prune_records = prune_model(loaded.model, prune, x if data is not None else None, y, x)
+        loaded.model, prune_records = prune_model(loaded.model, prune, x if data is not None else None, y, x, progress)
     canonical = canonicalize(loaded.model, for_estimate=True)
     x_canon = to_canonical_layout(x, canonical.input_perm)  # calibration uses the first 128
     plan = plan_lowering(
