@@ -90,6 +90,25 @@ def _pass_decisions(passes: list[dict]) -> list[str]:
     return lines
 
 
+def _match_costs(hls_layers: list, costs: list[LayerCost]) -> list[LayerCost | None]:
+    """Give each hls4ml layer the cost of the layer the cost model folded its ONNX tensor into;
+    the first hls4ml layer on a fused chain (the Dense, not the quantizer after it) takes it."""
+    owner: dict[str, LayerCost] = {}
+    for cost in costs:
+        for tensor in cost.layer.fused_tensors or [cost.layer.output_tensor]:
+            owner.setdefault(tensor, cost)
+    taken: set[int] = set()
+    matched: list[LayerCost | None] = []
+    for layer in hls_layers:
+        cost = owner.get(layer.onnx_tensor)
+        if cost is not None and id(cost) not in taken:
+            taken.add(id(cost))
+            matched.append(cost)
+        else:
+            matched.append(None)
+    return matched
+
+
 def _layer_cost(cost: LayerCost | None, clock_ns: float) -> dict:
     """A report layer's cost fields; a layer the cost model folded into another costs nothing itself."""
     if cost is None:
@@ -238,7 +257,7 @@ def build(
             verification["first_divergence"] = first_divergence(project, canonical.model, x_canon)
         lap("verify", f"{verification['n_samples']} samples against {reference_name}")
         design = estimate_design(cost_layers(canonical.model, plan, plan.io_type, options), device, base_target.power)
-        costs_by_tensor = {c.layer.output_tensor: c for c in design.layers}
+        layer_costs = _match_costs(project.layers, design.layers)
         lap("estimate", f"{design.cycles} cycles, {design.energy_uj:.3g} uJ per inference")
         report = {
             "schema_version": SCHEMA_VERSION,
@@ -265,9 +284,9 @@ def build(
                     "reuse_factor": layer.reuse_factor,
                     "onnx_tensor": layer.onnx_tensor,
                     "choice_reason": layer.choice_reason,
-                    **_layer_cost(costs_by_tensor.get(layer.onnx_tensor), device.clock_ns),
+                    **_layer_cost(layer_costs[index], device.clock_ns),
                 }
-                for layer in project.layers
+                for index, layer in enumerate(project.layers)
             ],
             **cost_sections(design),
             "verification": verification,
@@ -277,7 +296,7 @@ def build(
         }
         bottleneck = design.bottleneck()
         if bottleneck is not None:  # name it as the report's layers do (hls4ml's layer names)
-            named = [entry["name"] for entry in report["layers"] if entry["onnx_tensor"] == bottleneck.layer.output_tensor]
+            named = [entry["name"] for entry, cost in zip(report["layers"], layer_costs, strict=True) if cost is bottleneck]
             report["totals"]["bottleneck"] = named[0] if named else bottleneck.layer.name
         write_report(report, staging / "report.json")
         write_html(report, staging / "report.html")

@@ -75,6 +75,7 @@ class LayerConfig:
     pool_size: int = 0  # inputs per pooling window
     variable_divisor: bool = False  # average excluding padding: a true division per output
     merge_inputs: int = 0
+    fused_tensors: list[str] = field(default_factory=list)  # every tensor of the fused chain (MatMul, bias Add, quantizer)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -167,6 +168,18 @@ def _bits(ftype: FixedType | None, default: int) -> int:
     return ftype.width if ftype is not None else default
 
 
+def _chain(model: ModelWrapper, start: str, end: str) -> list[str]:
+    """Tensors from ``start`` up to (not including) ``end`` along single-consumer edges."""
+    chain, tensor = [], start
+    while tensor != end and len(chain) < 8:
+        consumers = model.find_consumers(tensor) or []
+        if len(consumers) != 1:
+            break
+        chain.append(tensor)
+        tensor = consumers[0].output[0]
+    return chain
+
+
 def _scale_codes(scale: np.ndarray, precision: FixedType | None, default_bits: int) -> tuple[np.ndarray, int]:
     """Codes of per-channel (or scalar) multiplier constants, on the given or an exact/ranged grid."""
     from edgec.fixed_point import exact_type, range_type
@@ -225,6 +238,7 @@ def layers_from_onnx(
             out_shape = _shape(model, out_tensor)
             wtype = settings.precision or weight_type(node.name, weights)
             layer = LayerConfig(name=node.name, kind="dense", op=op, output_tensor=out_tensor, in_shape=in_shape, out_shape=out_shape)
+            layer.fused_tensors = [node.output[0]] + [model.find_consumers(t)[0].output[0] for t in _chain(model, node.output[0], out_tensor)]
             if op == "MatMul":
                 layer.n_in, layer.n_out = int(weights.shape[0]), int(weights.shape[1])
                 layer.positions = int(np.prod(out_shape[:-1])) if len(out_shape) > 1 else 1
@@ -276,6 +290,7 @@ def layers_from_onnx(
             continue
         out_shape = _shape(model, out_tensor)
         layer = LayerConfig(name=node.name, kind="activation", op=op, output_tensor=out_tensor, in_shape=in_shape, out_shape=out_shape)
+        layer.fused_tensors = [out_tensor]
         layer.input_bits = _bits(ttype(x), default_bits)
         layer.result_bits = _bits(ttype(out_tensor), default_bits)
         last = _channels_last(node)

@@ -80,6 +80,11 @@ LUT_PER_WINDOW_BIT = 2.0
 # LUT per output bit (UG474 ch. 2: a LUT6 per 2:1 mux bit).
 # Calibrated: costval Conv2D Resource io_parallel (86.8 k LUT Vivado 2020.1, 61.3 k Vitis 2024.1).
 LUT_PER_OUTPUT_WRITE_BIT = 1.0
+# Memories at most this deep go to distributed (LUT) RAM, 64 bits per LUT6 (UG474 ch. 2: a LUT6 is
+# a 64x1 RAM); HLS implements shallow arrays that way rather than spend a BRAM18 (1024 x 18) on
+# a few words (UG902, "Arrays": RAM core selection by size).
+LUTRAM_MAX_DEPTH = 64
+LUTRAM_BITS_PER_LUT = 64
 # Shift-register line buffers (ap_shift_reg) pack 32 bits of depth per LUT (SRLC32E, UG474 ch. 2).
 SRL_BITS_PER_LUT = 32
 # Control of one layer (loop counters, handshakes) and of the design (ap_ctrl), LUT and FF.
@@ -209,10 +214,14 @@ def _linear(layer: LayerConfig, device: Device, depth: int) -> LayerResources:
         dsp += parallel * per
         if per == 0:
             lut += int(parallel * layer.weight_bits * layer.input_bits * LUTS_PER_PARTIAL_PRODUCT_BIT)
-        # weights in block RAM, read RF times per inference (nnet_dense_resource.h)
+        # weights partitioned into `parallel` memories RF words deep, read once per cycle
+        # (nnet_dense_resource.h); shallow ones become LUT RAM, deep ones block RAM
         total_bits = n_products * layer.weight_bits
-        width_bound = math.ceil(parallel * layer.weight_bits / BRAM18_MAX_WIDTH)
-        bram = max(math.ceil(total_bits / BRAM18_BITS), width_bound) if rf > 1 else 0
+        if rf > 1 and rf <= LUTRAM_MAX_DEPTH:
+            lut += math.ceil(total_bits / LUTRAM_BITS_PER_LUT)
+        elif rf > 1:
+            width_bound = math.ceil(parallel * layer.weight_bits / BRAM18_MAX_WIDTH)
+            bram = max(math.ceil(total_bits / BRAM18_BITS), width_bound)
     nonzero = layer.nonzero_weights
     # adder tree: (non-zero terms - 1) adds per output, plus a bias add where the bias is non-zero
     terms_per_output = nonzero / max(layer.n_out, 1)
