@@ -130,3 +130,17 @@ def test_cli_prune_without_data_uses_data_free_criteria_and_reports_agreement(tm
     bad = subprocess.run([sys.executable, "-m", "edgec", "build", str(data_dir / "three_layer_keras.onnx"), "--prune", "shrink", "-o", str(tmp_path / "y")],
                          capture_output=True, text=True)
     assert bad.returncode == 22 and "unknown pruning method" in bad.stderr
+
+
+def test_channel_pruning_shrinks_the_generated_project(tmp_path):
+    """Structured pruning makes hls4ml's layers themselves narrower (not only zero weights)."""
+    data = np.load(EXAMPLE_DATA)
+    result = edgec.build(EXAMPLE, target="pynq-z2", output_dir=tmp_path / "ch", data=(data["x"], data["y"]),
+                         prune=["channels:ratio=0.5"], min_agreement=0.95)
+    record = result.report["passes"][0]
+    assert record["name"] == "channels" and record["params_after"] < record["params_before"]
+    convs = [layer for layer in result.report["layers"] if layer["op"] == "Conv2D"]
+    assert convs[0]["outputs_shape"][-1] == 2 and convs[1]["outputs_shape"][-1] == 4  # 4 -> 2 and 8 -> 4 filters
+    assert result.report["verification"]["argmax_agreement"] >= 0.99
+    defines = (tmp_path / "ch" / "hls" / "firmware" / "parameters.h").read_text()
+    assert "n_filt = 2" in defines
