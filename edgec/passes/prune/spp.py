@@ -327,7 +327,13 @@ class StructuredProbabilisticPruning(PruningPass):
             return model
         reason = self._no_training_reason(model)
         pruned: ModelWrapper | None = None
-        if reason is None:
+        if reason is None and max_drop_points(self.params) is not None:
+            result = self._fine_tuned_within_drop(model, ratio)
+            if isinstance(result, str):
+                reason = result
+            else:
+                pruned, layers = result
+        elif reason is None:
             result = self._fine_tune(model, layers, ratio)
             if isinstance(result, str):
                 reason = result
@@ -337,6 +343,41 @@ class StructuredProbabilisticPruning(PruningPass):
             pruned, layers = self._one_shot(model, ratio, reason or "")
         self._record_layers(layers)
         return self._remove_channels(pruned)
+
+    def _fine_tuned_within_drop(self, model: ModelWrapper, target: float) -> tuple[ModelWrapper, list[GroupLayer]] | str:
+        """The largest ratio on the ladder whose fine-tuned model loses at most max_drop points
+        (bisection; each candidate is pruned and fine-tuned from the original weights)."""
+        max_drop = max_drop_points(self.params)
+        baseline = self.ctx.evaluate(model)
+        tried: dict[float, tuple[ModelWrapper, list[GroupLayer], list[str], str | None]] = {}
+        failure: list[str] = []
+
+        def apply(ratio: float) -> ModelWrapper:
+            notes_before = list(self.record.notes)
+            layers = self._layers(model, ratio)
+            result = self._fine_tune(model, layers, ratio) if ratio > 0 and layers else model
+            if isinstance(result, str):
+                failure.append(result)
+                result = model
+            tried[ratio] = (result, layers, self.record.notes[len(notes_before):], self.record.mode)
+            self.record.notes[:] = notes_before
+            return result
+
+        ladder = [target * (i + 1) / LADDER_STEPS for i in range(LADDER_STEPS)]
+        chosen, pruned, _ = largest_within_drop(ladder, apply, self.ctx, baseline, max_drop)
+        if failure:
+            return failure[0]
+        if chosen == 0.0:
+            self.record.mode = "fine-tuned (no ratio on the ladder stays within max_drop)"
+            self.record.notes.append(f"every ratio from {ladder[0]:.3f} up loses over {max_drop} points even after fine-tuning: nothing pruned")
+            return model, []
+        _, layers, notes, mode = tried[chosen]
+        self.record.notes.extend(notes)
+        self.record.mode = mode
+        if chosen < target:
+            self.record.notes.append(f"stopped at ratio {chosen:.3f} short of {target:.3f}: more would lose over {max_drop} points after fine-tuning")
+        self.params["achieved_ratio"] = round(chosen, 4)
+        return pruned, layers
 
     def _record_layers(self, layers: list[GroupLayer]) -> None:
         group = self.params["group"]
