@@ -62,7 +62,15 @@ from qonnx.core.modelwrapper import ModelWrapper
 
 from edgec.errors import OptionError
 from edgec.passes.prune.base import PruningPass
-from edgec.passes.prune.common import LINEAR_OPS, WeightRef, largest_within_drop, max_drop_points, model_outputs, prunable_layers
+from edgec.passes.prune.common import (
+    LINEAR_OPS,
+    PruneContext,
+    WeightRef,
+    largest_within_drop,
+    max_drop_points,
+    model_outputs,
+    prunable_layers,
+)
 
 # The paper's schedule constants: maximal probability increment and flatness of the increment.
 INCREMENT = 0.05
@@ -231,7 +239,8 @@ class StructuredProbabilisticPruning(PruningPass):
         "recover": 100,  # fine-tuning steps under the final masks after convergence
         "lr": 5e-3,  # Adam learning rate
         "batch": 32,  # mini-batch size
-        "max_drop": None,  # accuracy points the pass may lose (fine-tuned: checked; one-shot: ratio bisected)
+        "max_drop": None,  # accuracy points the pass may lose (ratio bisected; fine-tuned runs judged on held-back data)
+        "validation": 0.2,  # with fine-tuning and max_drop: fraction of the data held back to judge the loss
         "seed": None,  # default: the context's seed
     }
     needs_data = False
@@ -247,6 +256,8 @@ class StructuredProbabilisticPruning(PruningPass):
             raise OptionError(f"--prune spp: recover={self.params['recover']} must be a non-negative integer")
         if not isinstance(self.params["lr"], (int, float)) or self.params["lr"] <= 0:
             raise OptionError(f"--prune spp: lr={self.params['lr']} must be positive")
+        self.fraction("validation")
+        self._train_count: int | None = None  # fine-tune on this many samples (None: all)
 
     # -- set-up ---------------------------------------------------------------------------
     @property
@@ -348,7 +359,12 @@ class StructuredProbabilisticPruning(PruningPass):
         """The largest ratio on the ladder whose fine-tuned model loses at most max_drop points
         (bisection; each candidate is pruned and fine-tuned from the original weights)."""
         max_drop = max_drop_points(self.params)
-        baseline = self.ctx.evaluate(model)
+        # Fine-tune on the first part of the data and judge max_drop on the rest, which training
+        # never sees (judging on the training data would reward over-fitting).
+        n = len(self.ctx.x)
+        self._train_count = max(1, int(round(n * (1.0 - float(self.params["validation"])))))
+        judge = PruneContext(self.ctx.x[self._train_count :], self.ctx.y[self._train_count :]) if self._train_count < n else self.ctx
+        baseline = judge.evaluate(model)
         tried: dict[float, tuple[ModelWrapper, list[GroupLayer], list[str], str | None]] = {}
         failure: list[str] = []
 
@@ -364,7 +380,10 @@ class StructuredProbabilisticPruning(PruningPass):
             return result
 
         ladder = [target * (i + 1) / LADDER_STEPS for i in range(LADDER_STEPS)]
-        chosen, pruned, _ = largest_within_drop(ladder, apply, self.ctx, baseline, max_drop)
+        chosen, pruned, _ = largest_within_drop(ladder, apply, judge, baseline, max_drop)
+        self.record.notes.append(
+            f"max_drop judged on the last {n - self._train_count} of {n} samples, held out from fine-tuning (validation={self.params['validation']})"
+        )
         if failure:
             return failure[0]
         if chosen == 0.0:
@@ -474,6 +493,7 @@ class StructuredProbabilisticPruning(PruningPass):
             return "the data does not match the model input"
         x = x.reshape(len(x), *in_shape[1:])
         y = self._labels()
+        x, y = x[: self._train_count or len(x)], y[: self._train_count or len(y)]
         probe = x[:16]
         reference = model_outputs(model, probe)
         got = graph.run(probe).reshape(len(probe), -1)
