@@ -152,12 +152,16 @@ def _estimate(choice: LayerChoice, target: Target) -> None:
     choice.dsp, choice.lut, choice.bram18 = res.dsp, res.lut, res.bram18
 
 
-def _design_resources(model: ModelWrapper, plan: LoweringPlan, device) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
-    """Total resources of the design the plan describes, and each Dense/Conv layer's (full cost model)."""
+def _design_resources(cost_layers: list, plan: LoweringPlan, device) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """Total resources of the design the plan describes, and each Dense/Conv layer's (full cost
+    model). ``cost_layers`` are the plan's layers, re-configured here with the plan's choices."""
     from edgec.cost.design import estimate_design
-    from edgec.cost.layer import plan_cost_layers
 
-    design = estimate_design(plan_cost_layers(model, plan, plan.io_type), device)
+    for layer in cost_layers:
+        choice = plan.layers.get(layer.name)
+        if choice is not None:
+            layer.strategy, layer.reuse_factor = choice.strategy.lower(), choice.reuse_factor
+    design = estimate_design(cost_layers, device)
     per_layer = {cost.layer.name: cost.resources.as_dict() for cost in design.layers if cost.layer.name in plan.layers}
     return design.resources(), per_layer
 
@@ -174,9 +178,12 @@ def fit_to_target(model: ModelWrapper, plan: LoweringPlan, target: Target, backe
         "ff": target.resources.ff * UTILIZATION_CAP,
         "bram18": target.resources.bram18 * UTILIZATION_CAP,
     }
+    from edgec.cost.layer import plan_cost_layers
+
     layers = plan.layers
+    cost_layers = plan_cost_layers(model, plan, plan.io_type)
     while True:
-        totals, per_layer = _design_resources(model, plan, device)
+        totals, per_layer = _design_resources(cost_layers, plan, device)
         over = [k for k in budget if totals[k] > budget[k]]
         if not over:
             return [f"{c.node}: {c.reason}" for c in layers.values() if c.reuse_factor > 1]
@@ -190,7 +197,12 @@ def fit_to_target(model: ModelWrapper, plan: LoweringPlan, target: Target, backe
             valid = [r for r in _valid_reuse_factors(choice.n_in, choice.n_out) if r > choice.reuse_factor]
             if not valid:
                 continue
-            choice.reuse_factor = valid[0]
+            # jump to the reuse factor that would bring the total within budget if this layer's use
+            # fell in proportion (at least one step), instead of walking every valid factor
+            used = per_layer[choice.node][worst]
+            excess = totals[worst] - budget[worst]
+            wanted = choice.reuse_factor * used / max(used - excess, used / 64, 1e-9)
+            choice.reuse_factor = next((r for r in valid if r >= wanted), valid[-1]) if wanted > valid[0] else valid[0]
             choice.strategy = "Resource"
             _estimate(choice, target)
             choice.reason = (

@@ -145,6 +145,8 @@ def _depth(cyc: cycles_model.LayerCycles, layer: LayerConfig) -> int:
         return max(cyc.fill - cycles_model.STREAM_WINDOW_CYCLES, 0)
     if layer.kind in ("conv", "depthwise") or layer.positions > 1:
         return max(cyc.latency - cyc.ii - cycles_model.PARALLEL_CONV_CYCLES, 0)
+    if linear and layer.strategy == "resource" and layer.reuse_factor > 1:
+        return max(cyc.latency - layer.reuse_factor - 1, 0)  # the RF loop is not a pipeline stage
     return cyc.latency
 
 
@@ -158,7 +160,7 @@ def estimate_design(layers: list[LayerConfig], device: Device, power: dict | Non
         res = resources_model.layer_resources(layer, device, _depth(cyc, layer), is_last=index == len(layers) - 1)
         census = None
         if layer.kind in ("dense", "conv", "depthwise") and layer.weight_codes is not None and not layer.binary_weights:
-            census = resources_model.constant_products(layer.weight_codes, layer.input_bits, layer.weight_bits, device.dsp_kind)
+            census = resources_model.layer_census(layer, device)
         energy = energy_model.layer_energy(
             layer,
             power or {},

@@ -178,6 +178,16 @@ def constant_products(codes: np.ndarray, input_bits: int, weight_bits: int, dsp_
     )
 
 
+def layer_census(layer: LayerConfig, device: Device) -> ProductCensus:
+    """``constant_products`` of a layer's weights, computed once per layer and DSP kind (the
+    configurator re-costs the same layers at many reuse factors)."""
+    key = (layer.input_bits, layer.weight_bits, device.dsp_kind)
+    cache = layer.__dict__.setdefault("_census_cache", {})
+    if key not in cache:
+        cache[key] = constant_products(layer.weight_codes, layer.input_bits, layer.weight_bits, device.dsp_kind)
+    return cache[key]
+
+
 def _linear(layer: LayerConfig, device: Device, depth: int) -> LayerResources:
     from edgec.cost.cycles import DSP_PIPELINE_CYCLES, dsp_pipelined_multiply
 
@@ -191,7 +201,7 @@ def _linear(layer: LayerConfig, device: Device, depth: int) -> LayerResources:
         # XNOR + popcount: about one LUT per product bit pair (hls4ml binary dense)
         lut += n_products // rf
     elif constant_weights and layer.weight_codes is not None:
-        census = constant_products(layer.weight_codes, layer.input_bits, layer.weight_bits, device.dsp_kind)
+        census = layer_census(layer, device)
         scale = 1.0 / rf  # hls4ml shares multipliers across RF cycles
         dsp += math.ceil(census.dsp * scale)
         lut += math.ceil(census.lut * scale)
@@ -240,7 +250,7 @@ def _linear(layer: LayerConfig, device: Device, depth: int) -> LayerResources:
 
         levels = adder_levels_per_first_cycle(layer, device)
         partial = max(1.0, terms_per_output / 2**levels)
-        ff += int(sum(max(1.0, partial / 2**stage) for stage in range(depth)) * layer.n_out * layer.accum_bits / rf)
+        ff += int(sum(max(1.0, partial / 2 ** min(stage, 60)) for stage in range(depth)) * layer.n_out * layer.accum_bits / rf)
     if constant_weights and census is not None:
         # a product wider than one slice cascades through registered slices
         slices_per_product = census.dsp / census.dsp_products if census.dsp_products else 1
