@@ -34,6 +34,7 @@ test: $(STAMP) chromium
 benchmark: $(STAMP)
 	$(PY) benchmarks/edgec_vs_hls4ml.py
 	$(PY) benchmarks/costval_validation.py --table
+	$(PY) benchmarks/pruning.py --table
 
 clean:
 	rm -rf build .pytest_cache

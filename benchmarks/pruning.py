@@ -39,7 +39,7 @@ CNN_METHODS = {
     "magnitude (global)": "magnitude:sparsity=0.95,scope=global,max_drop={d}",
     "channels (L1, Torch-Pruning style)": "channels:ratio=0.9,max_drop={d}",
     "sensitivity (Liebenwein et al.)": "sensitivity:ratio=0.9,max_drop={d}",
-    "spp (fine-tuned)": "spp:ratio=0.9,group=filter,max_drop={d},validation={v}",
+    "spp (fine-tuned)": "spp:ratio=0.9,group=filter,max_drop={d},validation={v},steps=300,recover=600,updates=4",
 }
 BNN_METHODS = {
     "bnn-latent": "bnn-latent:ratio=0.6,max_drop={d}",
