@@ -90,6 +90,23 @@ def _pass_decisions(passes: list[dict]) -> list[str]:
     return lines
 
 
+def bit_exactness(reference: np.ndarray, simulated: np.ndarray, output_precision: str, quantized: bool) -> dict:
+    """For a quantized model: whether the C-simulation equals the quantized reference (same argmax
+    on every sample, every output within one LSB of the output type) and the largest error in
+    LSBs. None for float models, whose reference is not on any fixed-point grid."""
+    import re
+
+    if not quantized:
+        return {"bit_exact": None, "max_lsb_error": None}
+    match = re.search(r"fixed<\s*(\d+)\s*,\s*(-?\d+)", output_precision)
+    if match is None:
+        return {"bit_exact": None, "max_lsb_error": None}
+    lsb = 2.0 ** -(int(match.group(1)) - int(match.group(2)))
+    max_lsb = float(np.max(np.abs(reference - simulated)) / lsb) if reference.size else 0.0
+    same_argmax = bool(np.all(reference.argmax(-1) == simulated.argmax(-1)))
+    return {"bit_exact": bool(same_argmax and max_lsb <= 1.0 + 1e-9), "max_lsb_error": round(max_lsb, 4), "output_lsb": lsb}
+
+
 def _match_costs(hls_layers: list, costs: list[LayerCost]) -> list[LayerCost | None]:
     """Give each hls4ml layer the cost of the layer the cost model folded its ONNX tensor into;
     the first hls4ml layer on a fused chain (the Dense, not the quantizer after it) takes it."""
@@ -252,6 +269,7 @@ def build(
         resolution = project.output_resolution(reference)
         verification = {"reference": reference_name, "data": data_desc, **compare(reference, simulated, y, resolution)}
         verification["min_agreement"] = min_agreement
+        verification.update(bit_exactness(reference, simulated, project.layers[-1].precision.get("result", ""), loaded.is_qonnx))
         verification["first_divergence"] = None
         if verification["decisive_agreement"] < min_agreement:
             verification["first_divergence"] = first_divergence(project, canonical.model, x_canon)

@@ -20,6 +20,10 @@ def test_peer_model_builds_and_verifies(name, data_dir, tmp_path):
     if name != "three_layer_pytorch":  # its outputs are near-uniform on random inputs: ties (see below)
         assert ver["argmax_agreement"] >= 0.99
     assert ver["n_samples"] == 200
+    if name == "bnn_model_fc_1layer":  # a quantized model: the C-sim is on the quantized reference's grid
+        assert ver["bit_exact"] is True and ver["max_lsb_error"] == 0
+    else:
+        assert ver["bit_exact"] is None and ver["max_lsb_error"] is None  # float models have no grid to be exact on
     assert (tmp_path / name / "hls" / "firmware" / f"{result.report['layers'] and json.loads((tmp_path / name / 'edgec.json').read_text())['project_name']}.cpp").is_file()
     assert (tmp_path / name / "model.edgec.onnx").is_file()
     assert list((tmp_path / name / "hls" / "firmware").glob("*.so"))
