@@ -201,7 +201,7 @@ def fit_to_target(model: ModelWrapper, plan: LoweringPlan, target: Target, backe
             # fell in proportion (at least one step), instead of walking every valid factor
             used = per_layer[choice.node][worst]
             excess = totals[worst] - budget[worst]
-            wanted = choice.reuse_factor * used / max(used - excess, used / 64, 1e-9)
+            wanted = choice.reuse_factor * used / max(used - excess, used / 2, 1e-9)  # at most double per step
             choice.reuse_factor = next((r for r in valid if r >= wanted), valid[-1]) if wanted > valid[0] else valid[0]
             choice.strategy = "Resource"
             _estimate(choice, target)
