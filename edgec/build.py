@@ -57,9 +57,24 @@ def prune_model(model, specs: list, x: np.ndarray | None, y: np.ndarray | None, 
     return run_pruning(model, specs, ctx, metrics)
 
 
+def quantize_model(model, specs: list, x: np.ndarray, y: np.ndarray | None):
+    """Run quantization specs (edgec.passes.quant) on a loaded model, calibrated on ``x``."""
+    from edgec.passes.quant.registry import run_quantization
+
+    return run_quantization(model, specs, x, y)
+
+
 def _prune_decisions(records: list[dict]) -> list[str]:
     lines = []
     for record in records:
+        if "ops_before" not in record:  # a quantization pass
+            params = ",".join(f"{k}={v}" for k, v in record.get("params", {}).items())
+            metric = ""
+            if record.get("accuracy_before") is not None:
+                metric = f": {record.get('metric')} {record['accuracy_before']:.4f} -> {record['accuracy_after']:.4f}"
+            lines.append(f"quantize {record['name']}:{params}{metric}")
+            lines.extend(f"  {note}" for note in record.get("notes", []))
+            continue
         metric = ""
         if record.get("accuracy_before") is not None:
             metric = f", {record['metric']} {record['accuracy_before']:.4f} -> {record['accuracy_after']:.4f}"
@@ -172,6 +187,7 @@ def build(
     progress: Callable[[str], None] | None = None,
     options: DesignOptions | None = None,
     prune: list | None = None,
+    quantize: list | None = None,
 ) -> BuildResult:
     """Build ``model`` for ``target`` into ``output_dir`` and verify it.
 
@@ -183,7 +199,8 @@ def build(
     overrides part, clock, HLS backend, io type, strategy, reuse factor or precision (to reproduce
     a published design); ``io_type`` is a shortcut for ``options.io_type``. ``prune`` is a list of
     pruning specs (``"magnitude:sparsity=0.5"`` or ``("magnitude", {"sparsity": 0.5})``) run in
-    order on the model before it is lowered, on ``data`` when given (data-free otherwise).
+    order on the model before it is lowered, on ``data`` when given (data-free otherwise);
+    ``quantize`` a list of quantization specs (``"fixed:bits=8"``) run after pruning.
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -222,6 +239,10 @@ def build(
     if prune:
         loaded.model, prune_records = prune_model(loaded.model, prune, x if data is not None else None, y, x, progress)
         lap("prune", f"{len(prune_records)} pass(es)")
+    if quantize:
+        loaded.model, quant_records = quantize_model(loaded.model, quantize, x, y)
+        prune_records += quant_records
+        lap("quantize", f"{len(quant_records)} pass(es)")
     canonical = canonicalize(loaded.model)
     lap("canonicalize", f"{len(canonical.model.graph.node)} nodes")
     x_canon = to_canonical_layout(x, canonical.input_perm)

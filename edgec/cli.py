@@ -44,6 +44,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         progress=lambda line: print(line, flush=True),
         options=_design_options(args),
         prune=args.prune,
+        quantize=args.quantize,
     )
     print()
     print(render_summary(result.report))
@@ -167,6 +168,8 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--prune", action="append", metavar="METHOD[:key=value,...]",
                    help="prune before lowering (repeatable, run in order): magnitude, channels, sensitivity, spp, bnn-latent; "
                         "e.g. magnitude:sparsity=0.5,max_drop=0.5")
+    b.add_argument("--quantize", action="append", metavar="METHOD[:key=value,...]",
+                   help="quantize before lowering, after pruning (repeatable): e.g. fixed:bits=8,per=channel")
     _add_design_options(b)
     b.set_defaults(func=_cmd_build)
     e = sub.add_parser("estimate", help="latency, resources and energy per layer in seconds, without compiling")

@@ -205,6 +205,31 @@ def _n_terms(layer) -> int:
     return filt * int(layer.get_attr("n_chan"))
 
 
+def input_quantizer_type(model: ModelWrapper) -> FixedType | None:
+    """The exact type of a power-of-two, zero-point-0 QONNX quantizer that alone reads the graph
+    input: giving the Input layer that type (round half to even, saturating) converts each float
+    input once, as the quantizer does, instead of rounding it onto a calibrated grid first."""
+    consumers = model.find_consumers(model.graph.input[0].name) or []
+    if len(consumers) != 1 or consumers[0].op_type != "Quant":
+        return None
+    quant = consumers[0]
+    scale, zeropt, bits = (model.get_initializer(name) for name in quant.input[1:4])
+    if scale is None or zeropt is None or bits is None or np.size(scale) != 1 or np.any(zeropt != 0):
+        return None
+    exponent = float(np.log2(float(np.asarray(scale).reshape(-1)[0])))
+    if exponent != round(exponent):
+        return None
+    attrs = {a.name: a for a in quant.attribute}
+    signed = bool(attrs["signed"].i) if "signed" in attrs else True
+    narrow = bool(attrs["narrow"].i) if "narrow" in attrs else False
+    width = int(np.asarray(bits).reshape(-1)[0])
+    mode = attrs["rounding_mode"].s.decode() if "rounding_mode" in attrs else "ROUND"
+    rounding = {"ROUND": "RND_CONV", "FLOOR": "TRN", "ROUND_TO_ZERO": "TRN_ZERO"}.get(mode.upper())
+    if rounding is None or width < 1:
+        return None
+    return FixedType(width, width + int(round(exponent)), signed, rounding, "SAT_SYM" if narrow and signed else "SAT")
+
+
 def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
     """Set every type of the converted hls4ml graph (see module docstring)."""
     from hls4ml.model.types import XnorPrecisionType
@@ -230,7 +255,7 @@ def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
         out = layer.outputs[0]
         in_t = current.get(layer.inputs[0]) if layer.inputs else None
         if cls == "Input":
-            chosen = calibrated(out)
+            chosen = input_quantizer_type(model) or calibrated(out)
             if chosen is not None:
                 _set_result(layer, chosen)
         elif cls in LINEAR_CLASSES and in_t is not None:

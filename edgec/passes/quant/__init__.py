@@ -1,0 +1,1 @@
+"""Quantization passes over ONNX/QONNX models (`--quantize SPEC`) and QDQ ingestion."""

@@ -1,0 +1,164 @@
+"""Quantization passes (`--quantize METHOD[:key=value,...]`): registry, spec parsing and the runner.
+
+Each method is one qonnx ``Transformation`` subclass of :class:`QuantizationPass`, imported on use.
+``run_quantization`` runs a list of specs in order and returns the quantized model and one report
+record per pass (accuracy or agreement before/after on the data, per-layer types, notes).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+import numpy as np
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.transformation.base import Transformation
+
+from edgec.errors import OptionError
+from edgec.passes.prune.common import PruneContext, timer
+
+# method -> "module:class" (imported on use)
+METHODS = {
+    "fixed": "edgec.passes.quant.fixed:FixedPointQuantization",
+}
+
+__all__ = ["METHODS", "QuantRecord", "QuantizationPass", "parse_quant_spec", "quant_pass_class", "run_quantization"]
+
+
+@dataclass
+class QuantRecord:
+    """What one quantization pass did (becomes a report.json ``passes[]`` entry)."""
+
+    name: str
+    params: dict
+    layers: dict[str, dict] = field(default_factory=dict)  # per layer: types, integer bits, modes
+    quantizers: dict[str, str] = field(default_factory=dict)  # activation tensor -> its quantizer's type
+    notes: list[str] = field(default_factory=list)
+    mode: str | None = None
+    changed: bool = True
+
+
+class QuantizationPass(Transformation):
+    """``model -> model`` plus ``self.record`` (qonnx Transformation convention: ``apply`` returns
+    ``(model, False)``: one application does the whole pass).
+
+    Subclasses set ``method`` and ``PARAMS`` (accepted parameter names with defaults), may
+    validate them in ``check_params``, and implement ``quantize(model) -> model``. ``x`` is the
+    calibration data in the model's layout.
+    """
+
+    method = "base"
+    PARAMS: dict = {}
+
+    def __init__(self, x: np.ndarray | None = None, **params) -> None:
+        super().__init__()
+        unknown = sorted(set(params) - set(self.PARAMS))
+        if unknown:
+            raise OptionError(
+                f"--quantize {self.method}: unknown parameter(s) {', '.join(unknown)}",
+                hint=f"{self.method} takes: {', '.join(self.PARAMS)}",
+            )
+        self.x = None if x is None else np.asarray(x, dtype=np.float32)
+        self.params = {**{k: v for k, v in self.PARAMS.items() if v is not None}, **params}
+        self.record = QuantRecord(self.method, self.params)
+        self.check_params()
+
+    def check_params(self) -> None:
+        """Validate parameter values (raise OptionError)."""
+
+    def int_param(self, key: str, low: int, high: int) -> int | None:
+        value = self.params.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise OptionError(f"--quantize {self.method}: {key}={value} must be an integer from {low} to {high}")
+        return int(value)
+
+    def quantize(self, model: ModelWrapper) -> ModelWrapper:
+        raise NotImplementedError
+
+    def apply(self, model: ModelWrapper):
+        model = ModelWrapper(model.model.__deepcopy__())
+        return self.quantize(model), False
+
+
+def _value(text: str):
+    lowered = text.strip().lower()
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def parse_quant_spec(spec: str | tuple[str, dict]) -> tuple[str, dict]:
+    """``"fixed:bits=8,per=channel"`` -> ``("fixed", {"bits": 8, "per": "channel"})``."""
+    if isinstance(spec, tuple):
+        method, params = spec
+        return method, dict(params)
+    method, _, rest = spec.partition(":")
+    params = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise OptionError(f"--quantize {spec}: '{item}' is not key=value", hint="write e.g. --quantize fixed:bits=8,per=channel")
+        params[key.strip()] = _value(value)
+    return method.strip(), params
+
+
+def quant_pass_class(method: str) -> type[QuantizationPass]:
+    if method not in METHODS:
+        raise OptionError(f"unknown quantization method '{method}'", hint=f"use one of: {', '.join(METHODS)}")
+    module, _, cls = METHODS[method].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def run_quantization(model: ModelWrapper, specs: list, x: np.ndarray | None, y: np.ndarray | None) -> tuple[ModelWrapper, list[dict]]:
+    """Run the quantization specs in order on ``model`` (as loaded: the model's own layout).
+
+    ``x`` calibrates the ranges and measures the result: accuracy with labels ``y``, otherwise
+    argmax agreement with the model as it was before the first pass. Without ``x`` the passes
+    calibrate on deterministic random inputs (edgec's usual verification inputs) and agreement is
+    measured on those. Every spec is checked before any runs (unknown method or parameter:
+    :class:`edgec.errors.OptionError`). Returns the quantized model and one record per pass.
+    """
+    parsed = [parse_quant_spec(spec) for spec in specs]
+    notes: list[str] = []
+    if x is None:
+        from edgec.data import random_inputs
+
+        x, description = random_inputs(model)
+        y = None
+        notes.append(f"no data given: calibrated and measured on {description}")
+    passes = [quant_pass_class(method)(x, **params) for method, params in parsed]
+    metrics = PruneContext(x, y)
+    metrics.set_reference(model)
+    records = []
+    for quant_pass in passes:
+        elapsed = timer()
+        before = metrics.evaluate(model)
+        transformed = model.transform(quant_pass)
+        record = quant_pass.record
+        if record.changed:  # an unchanged model is handed back as it was (not even re-cleaned)
+            model = transformed
+        after = metrics.evaluate(model) if record.changed else before
+        records.append({
+            "name": quant_pass.method,
+            "params": quant_pass.params,
+            "seconds": elapsed(),
+            "metric": metrics.metric,
+            "accuracy_before": before,
+            "accuracy_after": after,
+            "mode": record.mode,
+            "changed": record.changed,
+            "layers": record.layers,
+            "quantizers": record.quantizers,
+            "notes": notes + record.notes,
+        })
+        notes = []
+    return model, records
