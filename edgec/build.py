@@ -20,11 +20,10 @@ import onnx
 
 from edgec import __version__
 from edgec.backends.hls4ml_backend import lower, sanitize_identifier
-from edgec.configure import plan_lowering
 from edgec.cost.design import LayerCost, estimate_design
-from edgec.data import arrays_as_data, load_data, random_inputs
+from edgec.data import resolve_data
 from edgec.errors import OutputExistsError, VerificationError
-from edgec.estimate import DesignOptions, cost_layers, cost_sections, target_for_device
+from edgec.estimate import DesignOptions, cost_layers, cost_sections, plan_design, target_for_device
 from edgec.frontend.canonicalize import canonicalize
 from edgec.frontend.load import load_model
 from edgec.report import SCHEMA_VERSION, render_summary, write_report
@@ -226,15 +225,7 @@ def build(
     loaded = load_model(model)
     lap("load", "QONNX model" if loaded.is_qonnx else "ONNX model")
     input_shape = loaded.model.get_tensor_shape(loaded.model.graph.input[0].name)
-    if isinstance(data, (np.ndarray, tuple)):
-        x, y = arrays_as_data(data, input_shape)
-        data_desc = f"{x.shape[0]} samples given as arrays"
-    elif data is not None:
-        x, y = load_data(data, input_shape)
-        data_desc = f"{Path(data).name}"
-    else:
-        x, data_desc = random_inputs(loaded.model, random_samples)
-        y = None
+    x, y, data_desc = resolve_data(data, loaded.model, random_samples)
     prune_records: list[dict] = []
     if prune:
         loaded.model, prune_records = prune_model(loaded.model, prune, x if data is not None else None, y, x, progress)
@@ -246,17 +237,7 @@ def build(
     canonical = canonicalize(loaded.model)
     lap("canonicalize", f"{len(canonical.model.graph.node)} nodes")
     x_canon = to_canonical_layout(x, canonical.input_perm)
-    plan = plan_lowering(
-        canonical.model,
-        x_canon,
-        tgt,
-        io_type=options.io_type,
-        width=width,
-        strategy=options.strategy,
-        reuse_factor=options.reuse_factor,
-        precision=options.fixed(),
-        backend=options.backend,
-    )
+    plan = plan_design(canonical.model, x_canon, tgt, options, width)
     lap("configure", f"{plan.io_type}, {len(plan.layers)} Dense/Conv layer(s) fitted to {tgt.name}")
 
     out.parent.mkdir(parents=True, exist_ok=True)

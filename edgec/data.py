@@ -140,3 +140,17 @@ def random_inputs(model: ModelWrapper, n: int = DEFAULT_RANDOM_SAMPLES, seed: in
         x = rng.standard_normal(shape)
         description = "random standard-normal inputs"
     return x.astype(np.float32), f"{description} (seed {seed}, n={n})"
+
+
+def resolve_data(data, model: ModelWrapper, random_samples: int = DEFAULT_RANDOM_SAMPLES) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(x, y, description) from what the user gave: an .npz/.npy path, an array of inputs, an
+    ``(x, y)`` tuple, or nothing (deterministic random inputs from the input's domain)."""
+    input_shape = model.get_tensor_shape(model.graph.input[0].name)
+    if isinstance(data, (np.ndarray, tuple)):
+        x, y = arrays_as_data(data, input_shape)
+        return x, y, f"{x.shape[0]} samples given as arrays"
+    if data is not None:
+        x, y = load_data(data, input_shape)
+        return x, y, Path(data).name
+    x, desc = random_inputs(model, random_samples)
+    return x, None, desc

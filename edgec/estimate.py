@@ -73,6 +73,21 @@ def target_for_device(target: Target, device: Device) -> Target:
     return replace(target, part=device.part, family=device.family, dsp_kind=device.dsp_kind, resources=device.resources, clock_mhz=device.clock_mhz)
 
 
+def plan_design(model: ModelWrapper, x_canon: np.ndarray, target: Target, options: DesignOptions, width: int) -> LoweringPlan:
+    """The lowering plan for a canonical model under the user's overrides (shared by build and estimate)."""
+    return plan_lowering(
+        model,
+        x_canon,
+        target,
+        io_type=options.io_type,
+        width=width,
+        strategy=options.strategy,
+        reuse_factor=options.reuse_factor,
+        precision=options.fixed(),
+        backend=options.backend,
+    )
+
+
 def cost_layers(model: ModelWrapper, plan: LoweringPlan, io_type: str, options: DesignOptions) -> list[LayerConfig]:
     """The design's layers as the cost models see them, typed as the plan (or the user) chose."""
     return plan_cost_layers(model, plan, io_type, strategy=options.strategy)
@@ -122,7 +137,7 @@ def estimate(
     hls4ml would implement them, with a warning.
     """
     from edgec.build import to_canonical_layout
-    from edgec.data import arrays_as_data, load_data, random_inputs
+    from edgec.data import resolve_data
     from edgec.frontend.canonicalize import canonicalize
     from edgec.frontend.load import load_model
 
@@ -132,14 +147,7 @@ def estimate(
     tgt = load_target(target)
     device = options.device(tgt)
     loaded = load_model(model)
-    input_shape = loaded.model.get_tensor_shape(loaded.model.graph.input[0].name)
-    y = None
-    if isinstance(data, (np.ndarray, tuple)):
-        x, y = arrays_as_data(data, input_shape)
-    elif data is not None:
-        x, y = load_data(data, input_shape)
-    else:
-        x, _ = random_inputs(loaded.model, random_samples)
+    x, y, _ = resolve_data(data, loaded.model, random_samples)
     prune_records: list[dict] = []
     if prune:
         from edgec.build import prune_model
@@ -147,17 +155,7 @@ def estimate(
         loaded.model, prune_records = prune_model(loaded.model, prune, x if data is not None else None, y, x, progress)
     canonical = canonicalize(loaded.model, for_estimate=True)
     x_canon = to_canonical_layout(x, canonical.input_perm)  # calibration uses the first 128
-    plan = plan_lowering(
-        canonical.model,
-        x_canon,
-        target_for_device(tgt, device),
-        io_type=options.io_type,
-        width=width,
-        strategy=options.strategy,
-        reuse_factor=options.reuse_factor,
-        precision=options.fixed(),
-        backend=options.backend,
-    )
+    plan = plan_design(canonical.model, x_canon, target_for_device(tgt, device), options, width)
     layers = cost_layers(canonical.model, plan, plan.io_type, options)
     design = estimate_design(layers, device, tgt.power)
     warnings = list(design.warnings)
