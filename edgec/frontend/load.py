@@ -25,6 +25,7 @@ from edgec.errors import (
     NotOnnxError,
     UnsafeModelError,
 )
+from edgec.passes.quant.qdq_to_qonnx import convert_quantized_onnx
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
         model = model.transform(InferShapes())
     except Exception as exc:
         raise CorruptModelError(f"{name}: shape inference failed: {str(exc).splitlines()[0][:200]}") from None
+    model = convert_quantized_onnx(model, notes)  # onnxruntime QDQ/QOperator -> QONNX Quant
     missing = [
         n.name or n.op_type
         for n in model.graph.node
