@@ -23,6 +23,17 @@ for the narrow-range weights). With power-of-two scales every product and sum of
 reference is exact as long as an accumulator stays below 2^24 of its LSBs (checked and recorded),
 so the QONNX model's qonnx execution is the fixed-point computation itself.
 
+**Mixed precision** (programmatic: ``FixedPointQuantization(x, layer_bits={layer: bits or
+[bits per output channel]})``, used by ``--quantize mixed``): a listed layer's weights take its own
+width, one per output channel when a list is given (per-channel scales then). qonnx 1.0's ``Quant``
+takes a scalar bit width only (``int_quant`` tests ``bitwidth == 1``; ``get_output_dtype`` asserts a
+0-d bit width), so a layer whose kernels have different widths gets one weight quantizer with the
+widest kernel's width and a per-channel scale chosen for each kernel's own width: kernel ``c`` at
+``b_c`` bits has ``|w| <= (2^(b_c-1) - 1) * 2^e_c``, so its levels never reach beyond ``b_c`` bits and
+the wider quantizer computes exactly the ``b_c``-bit grid. The layer's weight type covers the widest
+kernel. Each activation quantizer then takes the widest width of the layers that read it (through
+max-pooling/reshapes); one no layer reads (the logits) keeps ``act_bits``.
+
 A model that already holds quantizers (QONNX from Brevitas/QKeras, or QDQ) is left unchanged
 unless ``force=true``, which removes the Quant/BipolarQuant/Trunc nodes and quantizes the float
 model underneath (BatchNorm is folded into the preceding layer first in any case).
@@ -31,6 +42,7 @@ model underneath (BatchNorm is folded into the preceding layer first in any case
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from onnx import helper
@@ -134,6 +146,11 @@ def _add_quant(model: ModelWrapper, source: str, output: str, scale: np.ndarray,
     )
 
 
+def _channels(model: ModelWrapper, ref: WeightRef) -> int:
+    """Output channels of a layer (the length of its weights' output axis)."""
+    return int(np.asarray(model.get_initializer(ref.tensor)).shape[ref.out_axis])
+
+
 def _insert_before(model: ModelWrapper, anchor, node) -> None:
     nodes = list(model.graph.node)
     model.graph.node.insert(nodes.index(anchor) if anchor is not None else 0, node)
@@ -144,6 +161,24 @@ class FixedPointQuantization(QuantizationPass):
 
     method = "fixed"
     PARAMS = {"bits": 8, "per": "layer", "percentile": None, "act_bits": None, "force": False}
+
+    def __init__(
+        self,
+        x: np.ndarray | None = None,
+        layer_bits: dict[str, int | Sequence[int]] | None = None,
+        ranges: dict[str, TensorRange] | None = None,
+        **params,
+    ) -> None:
+        """``layer_bits``: weight width per layer name (or per output channel of it), see the module
+        docstring; ``ranges``: calibration ranges of the (BatchNorm-folded) model to reuse instead
+        of calibrating again (a search quantizes the same model many times)."""
+        super().__init__(x, **params)
+        self.layer_bits = {name: np.asarray(bits, dtype=np.int64).reshape(-1) for name, bits in (layer_bits or {}).items()}
+        for name, bits in self.layer_bits.items():
+            if bits.size == 0 or bits.min() < 2 or bits.max() > 24:
+                raise OptionError(f"--quantize {self.method}: widths of layer {name} must be integers from 2 to 24")
+        self.ranges = ranges
+        self._point_bits: dict[str, int] = {}
 
     def check_params(self) -> None:
         self.bits = self.int_param("bits", 2, 24)
@@ -179,10 +214,14 @@ class FixedPointQuantization(QuantizationPass):
             raise DataError("--quantize fixed needs calibration inputs", hint="pass --data (or let edgec draw random inputs)")
         self.record.mode = "post-training"
         model = self._fold_batchnorm(model)
-        ranges = calibrate_ranges(model, self.x, self.percentile)
+        ranges = self.ranges if self.ranges is not None else calibrate_ranges(model, self.x, self.percentile)
         layers = prunable_layers(model)
-        weight_exp = {ref.name: self._quantize_weights(model, ref, ranges[ref.tensor]) for ref in layers}
+        unknown = sorted(set(self.layer_bits) - {ref.name for ref in layers})
+        if unknown:
+            raise OptionError(f"--quantize {self.method}: no layer named {', '.join(unknown)}")
         points = self._activation_points(model, ranges)
+        self._point_bits = self._widths_of_points(model, layers, points)
+        weight_exp = {ref.name: self._quantize_weights(model, ref, ranges[ref.tensor]) for ref in layers}
         act_types = self._quantize_activations(model, points, ranges)
         for ref in layers:
             self._quantize_bias_and_record(model, ref, weight_exp[ref.name], act_types, ranges)
@@ -205,15 +244,55 @@ class FixedPointQuantization(QuantizationPass):
                                  + (f" (affine ops left: {', '.join(left)})" if left else ""))
         return model.transform(InferShapes())
 
+    def weight_bits(self, ref: WeightRef, channels: int) -> np.ndarray:
+        """The weight width of every output channel of ``ref`` (``bits`` unless ``layer_bits`` says)."""
+        bits = self.layer_bits.get(ref.name)
+        if bits is None:
+            return np.full(channels, self.bits, dtype=np.int64)
+        if bits.size == 1:
+            return np.full(channels, int(bits[0]), dtype=np.int64)
+        if bits.size != channels:
+            raise OptionError(f"--quantize {self.method}: layer {ref.name} has {channels} output channels, got {bits.size} widths")
+        return bits.copy()
+
+    def _split_widths(self, ref: WeightRef) -> bool:
+        bits = self.layer_bits.get(ref.name)
+        return bits is not None and bits.size > 1 and bool(np.any(bits != bits[0]))
+
+    def _widths_of_points(self, model: ModelWrapper, layers: list[WeightRef], points: list[str]) -> dict[str, int]:
+        """Width of every activation quantizer: ``act_bits``, or with ``layer_bits`` the widest
+        weight width of the layers reading it (through grid-preserving ops)."""
+        widths = {point: self.act_bits for point in points}
+        if not self.layer_bits:
+            return widths
+        by_node = {id(ref.node): ref for ref in layers}
+        for point in points:
+            readers, frontier = [], [point]
+            while frontier:
+                tensor = frontier.pop()
+                for consumer in model.find_consumers(tensor) or []:
+                    if consumer.op_type in GRID_PRESERVING_OPS and consumer.input[0] == tensor:
+                        frontier.append(consumer.output[0])
+                    elif id(consumer) in by_node and consumer.input[0] == tensor:
+                        readers.append(by_node[id(consumer)])
+            if readers:
+                widths[point] = max(int(self.weight_bits(ref, _channels(model, ref)).max()) for ref in readers)
+        return widths
+
     def _quantize_weights(self, model: ModelWrapper, ref: WeightRef, rng: TensorRange) -> np.ndarray:
         """Put a narrow-range weight quantizer on ``ref``'s initializer; returns the exponent per
         output channel (equal entries for per-layer scales)."""
         weights = np.asarray(model.get_initializer(ref.tensor), dtype=np.float64)
-        levels = 2 ** (self.bits - 1) - 1
-        layer_e = _exponent(rng.abs_max, levels)
         channels = weights.shape[ref.out_axis]
-        if self.per_channel:
-            exps = np.array([_exponent(m, levels) if m > 0 else layer_e for m in rng.channel_abs_max], dtype=np.int64)
+        widths = self.weight_bits(ref, channels)
+        bits = int(widths.max())
+        levels = 2 ** (bits - 1) - 1
+        layer_e = _exponent(rng.abs_max, levels)
+        if self.per_channel or self._split_widths(ref):
+            exps = np.array([
+                _exponent(m, 2 ** (int(b) - 1) - 1) if m > 0 else _exponent(rng.abs_max, 2 ** (int(b) - 1) - 1)
+                for m, b in zip(rng.channel_abs_max, widths, strict=True)
+            ], dtype=np.int64)
             shape = [1] * weights.ndim
             shape[ref.out_axis] = channels
             scale = np.exp2(exps.astype(np.float64)).reshape(shape)
@@ -221,7 +300,7 @@ class FixedPointQuantization(QuantizationPass):
             exps = np.full(channels, layer_e, dtype=np.int64)
             scale = np.asarray(2.0**layer_e)
         out = _unique(model, f"{ref.tensor}_quant")
-        node = _add_quant(model, ref.tensor, out, scale, self.bits, True, True, _unique(model, f"{ref.name}_weight_quant"))
+        node = _add_quant(model, ref.tensor, out, scale, bits, True, True, _unique(model, f"{ref.name}_weight_quant"))
         consumers = model.find_consumers(ref.tensor) or []
         for consumer in consumers:
             for i, name in enumerate(consumer.input):
@@ -258,8 +337,8 @@ class FixedPointQuantization(QuantizationPass):
         """Insert the activation quantizers; returns tensor -> (exponent, signed)."""
         chosen: dict[str, tuple[int, bool]] = {}
         in_name = model.graph.input[0].name
-        bits = self.act_bits
         for tensor in points:
+            bits = self._point_bits.get(tensor, self.act_bits)
             rng = ranges[tensor]
             signed = rng.min < 0
             top = rng.max if rng.percentile is None else min(rng.max, rng.percentile)
@@ -339,20 +418,24 @@ class FixedPointQuantization(QuantizationPass):
     def _quantize_bias_and_record(self, model: ModelWrapper, ref: WeightRef, exps: np.ndarray, act_types: dict, ranges: dict) -> None:
         node = ref.node
         entry: dict = {"op": node.op_type}
-        if self.per_channel:
-            entry["weight"] = [quant_type(self.bits, int(e), True, True).hls4ml() for e in exps]
-            entry["weight_integer_bits"] = [int(self.bits + e) for e in exps]
+        widths = self.weight_bits(ref, exps.size)
+        if self.per_channel or self._split_widths(ref):
+            entry["weight"] = [quant_type(int(b), int(e), True, True).hls4ml() for b, e in zip(widths, exps, strict=True)]
+            entry["weight_integer_bits"] = [int(b + e) for b, e in zip(widths, exps, strict=True)]
         else:
-            entry["weight"] = quant_type(self.bits, int(exps[0]), True, True).hls4ml()
-            entry["weight_integer_bits"] = int(self.bits + exps[0])
+            entry["weight"] = quant_type(int(widths[0]), int(exps[0]), True, True).hls4ml()
+            entry["weight_integer_bits"] = int(widths[0] + exps[0])
+        if self.layer_bits:
+            entry["weight_bits"] = [int(b) for b in widths] if self._split_widths(ref) else int(widths[0])
         s_in = self._input_scale(model, node.input[0])
         in_tensor = self._input_tensor(model, node.input[0])
         entry["input"] = self.record.quantizers.get(in_tensor) if in_tensor else None
         out_tensor, chain = self._output_point(model, node, act_types)
         if out_tensor is not None:
             e, signed = act_types[out_tensor]
-            entry["activation"] = quant_type(self.act_bits, e, signed).hls4ml()
-            entry["activation_integer_bits"] = int(self.act_bits + e)
+            act_bits = self._point_bits.get(out_tensor, self.act_bits)
+            entry["activation"] = quant_type(act_bits, e, signed).hls4ml()
+            entry["activation_integer_bits"] = int(act_bits + e)
             entry["activation_signed"] = bool(signed)
             entry["activation_tensor"] = out_tensor
             entry["activation_chain"] = chain

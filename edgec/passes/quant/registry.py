@@ -20,6 +20,7 @@ from edgec.passes.prune.common import PruneContext, timer
 # method -> "module:class" (imported on use)
 METHODS = {
     "fixed": "edgec.passes.quant.fixed:FixedPointQuantization",
+    "mixed": "edgec.passes.quant.mixed:MixedPrecision",
 }
 
 __all__ = ["METHODS", "QuantRecord", "QuantizationPass", "parse_quant_spec", "quant_pass_class", "run_quantization"]
@@ -36,6 +37,7 @@ class QuantRecord:
     notes: list[str] = field(default_factory=list)
     mode: str | None = None
     changed: bool = True
+    extra: dict = field(default_factory=dict)  # method-specific sections (e.g. a search's frontier), merged into the record
 
 
 class QuantizationPass(Transformation):
@@ -44,13 +46,14 @@ class QuantizationPass(Transformation):
 
     Subclasses set ``method`` and ``PARAMS`` (accepted parameter names with defaults), may
     validate them in ``check_params``, and implement ``quantize(model) -> model``. ``x`` is the
-    calibration data in the model's layout.
+    calibration data in the model's layout, ``y`` its labels when known (a search that judges
+    accuracy needs them; without labels it measures argmax agreement with the model it was given).
     """
 
     method = "base"
     PARAMS: dict = {}
 
-    def __init__(self, x: np.ndarray | None = None, **params) -> None:
+    def __init__(self, x: np.ndarray | None = None, *, y: np.ndarray | None = None, **params) -> None:
         super().__init__()
         unknown = sorted(set(params) - set(self.PARAMS))
         if unknown:
@@ -59,6 +62,7 @@ class QuantizationPass(Transformation):
                 hint=f"{self.method} takes: {', '.join(self.PARAMS)}",
             )
         self.x = None if x is None else np.asarray(x, dtype=np.float32)
+        self.y = None if y is None else np.asarray(y)
         self.params = {**{k: v for k, v in self.PARAMS.items() if v is not None}, **params}
         self.record = QuantRecord(self.method, self.params)
         self.check_params()
@@ -97,17 +101,27 @@ def _value(text: str):
 
 
 def parse_quant_spec(spec: str | tuple[str, dict]) -> tuple[str, dict]:
-    """``"fixed:bits=8,per=channel"`` -> ``("fixed", {"bits": 8, "per": "channel"})``."""
+    """``"fixed:bits=8,per=channel"`` -> ``("fixed", {"bits": 8, "per": "channel"})``.
+
+    A bare value after ``key=value`` continues that key's list: ``"mixed:bits=8,6,4,max_drop=1"``
+    -> ``{"bits": [8, 6, 4], "max_drop": 1}``.
+    """
     if isinstance(spec, tuple):
         method, params = spec
         return method, dict(params)
     method, _, rest = spec.partition(":")
-    params = {}
+    params: dict = {}
+    last: str | None = None
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, sep, value = item.partition("=")
+        if not sep and last is not None:
+            previous = params[last]
+            params[last] = [*(previous if isinstance(previous, list) else [previous]), _value(item)]
+            continue
         if not sep or not key.strip():
             raise OptionError(f"--quantize {spec}: '{item}' is not key=value", hint="write e.g. --quantize fixed:bits=8,per=channel")
-        params[key.strip()] = _value(value)
+        last = key.strip()
+        params[last] = _value(value)
     return method.strip(), params
 
 
@@ -135,7 +149,7 @@ def run_quantization(model: ModelWrapper, specs: list, x: np.ndarray | None, y: 
         x, description = random_inputs(model)
         y = None
         notes.append(f"no data given: calibrated and measured on {description}")
-    passes = [quant_pass_class(method)(x, **params) for method, params in parsed]
+    passes = [quant_pass_class(method)(x, y=y, **params) for method, params in parsed]
     metrics = PruneContext(x, y)
     metrics.set_reference(model)
     records = []
@@ -159,6 +173,7 @@ def run_quantization(model: ModelWrapper, specs: list, x: np.ndarray | None, y: 
             "layers": record.layers,
             "quantizers": record.quantizers,
             "notes": notes + record.notes,
+            **record.extra,
         })
         notes = []
     return model, records

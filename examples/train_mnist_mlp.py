@@ -1,0 +1,70 @@
+"""Train a small float MNIST MLP (784-128-64-10, ReLU, logits out) for the quantization benchmark.
+
+    python examples/train_mnist_mlp.py
+
+Data: the MNIST test split (t10k) in ../shared/data/mnist (idx format). The network trains on
+images 0-7999 and is evaluated on 8000-9999; benchmarks/quantization.py lets the quantization
+passes see 8000-8999 and reports accuracy on 9000-9999. Writes examples/models/mnist_mlp.onnx
+(committed). Deterministic (seed 0); trains in a few seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+MNIST = HERE.parent.parent / "shared" / "data" / "mnist"
+N_TRAIN = 8000
+EPOCHS = 12
+
+
+class MnistMLP(nn.Module):
+    """flatten - fc 784->128 - relu - fc 128->64 - relu - fc 64->10 (logits, no softmax)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(torch.flatten(x, 1))
+
+
+def load_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """t10k images as N,1,28,28 floats in [0, 1] and labels."""
+    images = np.frombuffer(gzip.decompress((MNIST / "t10k-images-idx3-ubyte.gz").read_bytes())[16:], dtype=np.uint8)
+    labels = np.frombuffer(gzip.decompress((MNIST / "t10k-labels-idx1-ubyte.gz").read_bytes())[8:], dtype=np.uint8)
+    return (images.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32), labels.astype(np.int64)
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    x, y = load_mnist()
+    data, labels = torch.from_numpy(x[:N_TRAIN]), torch.from_numpy(y[:N_TRAIN])
+    model = MnistMLP()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
+    for _epoch in range(EPOCHS):
+        perm = torch.randperm(len(data))
+        for i in range(0, len(data), 64):
+            idx = perm[i : i + 64]
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(data[idx]), labels[idx])
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        held = model(torch.from_numpy(x[N_TRAIN:])).argmax(1).numpy()
+    print(f"held-out accuracy (t10k 8000-9999): {(held == y[N_TRAIN:]).mean():.4f}")
+    (HERE / "models").mkdir(exist_ok=True)
+    torch.onnx.export(model, torch.zeros(1, 1, 28, 28), HERE / "models" / "mnist_mlp.onnx", input_names=["x"], output_names=["logits"],
+                      opset_version=13, dynamo=False)
+    print(f"wrote {HERE / 'models' / 'mnist_mlp.onnx'}")
+
+
+if __name__ == "__main__":
+    main()
