@@ -56,11 +56,12 @@ def prune_model(model, specs: list, x: np.ndarray | None, y: np.ndarray | None, 
     return run_pruning(model, specs, ctx, metrics)
 
 
-def quantize_model(model, specs: list, x: np.ndarray, y: np.ndarray | None):
-    """Run quantization specs (edgec.passes.quant) on a loaded model, calibrated on ``x``."""
+def quantize_model(model, specs: list, x: np.ndarray, y: np.ndarray | None, target: str | None = None):
+    """Run quantization specs (edgec.passes.quant) on a loaded model, calibrated on ``x``; a
+    search that costs candidates does so on the build's ``target``."""
     from edgec.passes.quant.registry import run_quantization
 
-    return run_quantization(model, specs, x, y)
+    return run_quantization(model, specs, x, y, defaults={"target": target} if target else None)
 
 
 def _prune_decisions(records: list[dict]) -> list[str]:
@@ -231,7 +232,7 @@ def build(
         loaded.model, prune_records = prune_model(loaded.model, prune, x if data is not None else None, y, x, progress)
         lap("prune", f"{len(prune_records)} pass(es)")
     if quantize:
-        loaded.model, quant_records = quantize_model(loaded.model, quantize, x, y)
+        loaded.model, quant_records = quantize_model(loaded.model, quantize, x, y, base_target.name)
         prune_records += quant_records
         lap("quantize", f"{len(quant_records)} pass(es)")
     canonical = canonicalize(loaded.model)

@@ -14,6 +14,7 @@ from qonnx.core.modelwrapper import ModelWrapper
 from edgec.errors import OptionError
 from edgec.passes.prune.base import PruningPass
 from edgec.passes.prune.common import PruneContext, layer_ops, timer, totals
+from edgec.passes.spec import parse_spec
 
 # method -> "module:class" (imported on use)
 METHODS = {
@@ -27,33 +28,9 @@ METHODS = {
 __all__ = ["METHODS", "PruneContext", "PruningPass", "parse_prune_spec", "pass_class", "run_pruning"]
 
 
-def _value(text: str):
-    lowered = text.strip().lower()
-    if lowered in ("true", "yes", "on"):
-        return True
-    if lowered in ("false", "no", "off"):
-        return False
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text.strip()
-
-
 def parse_prune_spec(spec: str | tuple[str, dict]) -> tuple[str, dict]:
     """``"magnitude:sparsity=0.5,scope=global"`` -> ``("magnitude", {"sparsity": 0.5, "scope": "global"})``."""
-    if isinstance(spec, tuple):
-        method, params = spec
-        return method, dict(params)
-    method, _, rest = spec.partition(":")
-    params = {}
-    for item in filter(None, (part.strip() for part in rest.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise OptionError(f"--prune {spec}: '{item}' is not key=value", hint="write e.g. --prune magnitude:sparsity=0.5,max_drop=0.5")
-        params[key.strip()] = _value(value)
-    return method.strip(), params
+    return parse_spec(spec, "--prune", "magnitude:sparsity=0.5,max_drop=0.5")
 
 
 def pass_class(method: str) -> type[PruningPass]:

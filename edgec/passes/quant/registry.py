@@ -16,6 +16,7 @@ from qonnx.transformation.base import Transformation
 
 from edgec.errors import OptionError
 from edgec.passes.prune.common import PruneContext, timer
+from edgec.passes.spec import parse_spec
 
 # method -> "module:class" (imported on use)
 METHODS = {
@@ -86,43 +87,9 @@ class QuantizationPass(Transformation):
         return self.quantize(model), False
 
 
-def _value(text: str):
-    lowered = text.strip().lower()
-    if lowered in ("true", "yes", "on"):
-        return True
-    if lowered in ("false", "no", "off"):
-        return False
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text.strip()
-
-
 def parse_quant_spec(spec: str | tuple[str, dict]) -> tuple[str, dict]:
-    """``"fixed:bits=8,per=channel"`` -> ``("fixed", {"bits": 8, "per": "channel"})``.
-
-    A bare value after ``key=value`` continues that key's list: ``"mixed:bits=8,6,4,max_drop=1"``
-    -> ``{"bits": [8, 6, 4], "max_drop": 1}``.
-    """
-    if isinstance(spec, tuple):
-        method, params = spec
-        return method, dict(params)
-    method, _, rest = spec.partition(":")
-    params: dict = {}
-    last: str | None = None
-    for item in filter(None, (part.strip() for part in rest.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep and last is not None:
-            previous = params[last]
-            params[last] = [*(previous if isinstance(previous, list) else [previous]), _value(item)]
-            continue
-        if not sep or not key.strip():
-            raise OptionError(f"--quantize {spec}: '{item}' is not key=value", hint="write e.g. --quantize fixed:bits=8,per=channel")
-        last = key.strip()
-        params[last] = _value(value)
-    return method.strip(), params
+    """``"fixed:bits=8,per=channel"`` -> ``("fixed", {"bits": 8, "per": "channel"})`` (see edgec.passes.spec)."""
+    return parse_spec(spec, "--quantize", "fixed:bits=8,per=channel")
 
 
 def quant_pass_class(method: str) -> type[QuantizationPass]:
@@ -132,16 +99,25 @@ def quant_pass_class(method: str) -> type[QuantizationPass]:
     return getattr(importlib.import_module(module), cls)
 
 
-def run_quantization(model: ModelWrapper, specs: list, x: np.ndarray | None, y: np.ndarray | None) -> tuple[ModelWrapper, list[dict]]:
+def run_quantization(
+    model: ModelWrapper, specs: list, x: np.ndarray | None, y: np.ndarray | None, defaults: dict | None = None
+) -> tuple[ModelWrapper, list[dict]]:
     """Run the quantization specs in order on ``model`` (as loaded: the model's own layout).
 
     ``x`` calibrates the ranges and measures the result: accuracy with labels ``y``, otherwise
     argmax agreement with the model as it was before the first pass. Without ``x`` the passes
     calibrate on deterministic random inputs (edgec's usual verification inputs) and agreement is
     measured on those. Every spec is checked before any runs (unknown method or parameter:
-    :class:`edgec.errors.OptionError`). Returns the quantized model and one record per pass.
+    :class:`edgec.errors.OptionError`). ``defaults`` fill parameters a pass accepts but the spec
+    does not give (the build passes its target this way). Returns the quantized model and one
+    record per pass.
     """
     parsed = [parse_quant_spec(spec) for spec in specs]
+    for method, params in parsed:
+        accepted = quant_pass_class(method).PARAMS
+        for key, value in (defaults or {}).items():
+            if key in accepted and key not in params:
+                params[key] = value
     notes: list[str] = []
     if x is None:
         from edgec.data import random_inputs
