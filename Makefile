@@ -35,6 +35,7 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/edgec_vs_hls4ml.py
 	$(PY) benchmarks/costval_validation.py --table
 	$(PY) benchmarks/pruning.py --table
+	$(PY) benchmarks/quantization.py --table
 
 clean:
 	rm -rf build .pytest_cache
