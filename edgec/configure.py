@@ -15,7 +15,10 @@ import numpy as np
 import qonnx.core.onnx_exec as oxe
 from qonnx.core.modelwrapper import ModelWrapper
 
-from edgec.cost.resources import DSP_PORTS, estimate_linear_layer
+from edgec.cost.design import estimate_design
+from edgec.cost.device import device_for
+from edgec.cost.layer import plan_cost_layers, quantizer_type, weight_codes
+from edgec.cost.resources import DSP_PORTS
 from edgec.errors import TargetFitError
 from edgec.fixed_point import FixedType, exact_type, range_type
 from edgec.passes.exact_requant import EXACT_MARK
@@ -43,9 +46,6 @@ class LayerChoice:
     strategy: str = "Latency"
     reuse_factor: int = 1
     reason: str = "fits at full parallelism"
-    dsp: int = 0
-    lut: int = 0
-    bram18: int = 0
     sparsity: float = 0.0  # fraction of zero weights (after quantization to weight_t)
     compressed: bool = False  # hls4ml's compressed (index + value) weights, Resource-strategy Dense only
 
@@ -85,18 +85,6 @@ def calibrate(model: ModelWrapper, inputs: np.ndarray) -> dict[str, float]:
     return ranges
 
 
-def _quantizer_bits(model: ModelWrapper, tensor: str) -> int | None:
-    producer = model.find_producer(tensor)
-    if producer is None:
-        return None
-    if producer.op_type == "BipolarQuant":
-        return 1
-    if producer.op_type == "Quant" and len(producer.input) > 3:
-        bits = model.get_initializer(producer.input[3])
-        return int(np.asarray(bits).reshape(-1)[0]) if bits is not None else None
-    return None
-
-
 def _exact_weight_limit(node, plan_width: int, target: Target) -> int:
     """Widest exact weight type allowed: a layer the exact requantization pass produced may use the
     DSP's wide port (its per-channel scale was folded into the weights), others the plan width."""
@@ -119,8 +107,8 @@ def _layer_choice(model: ModelWrapper, node, plan_width: int, ranges: dict[str, 
     weight_t = exact_type(weight, max_width=_exact_weight_limit(node, plan_width, target)) or range_type(
         float(np.max(np.abs(weight))), plan_width
     )
-    in_bits = _quantizer_bits(model, node.input[0]) or plan_width
-    from edgec.cost.layer import weight_codes
+    quantized_input = quantizer_type(model, node.input[0])
+    in_bits = quantized_input.width if quantized_input is not None else plan_width
 
     sparsity = float(np.mean(weight_codes(weight, weight_t) == 0)) if weight.size else 0.0
     return LayerChoice(
@@ -144,19 +132,9 @@ def _valid_reuse_factors(n_in: int, n_out: int) -> tuple[int, ...]:
     return tuple(sorted(set(get_backend("Vitis").get_valid_reuse_factors(n_in, n_out))))
 
 
-def _estimate(choice: LayerChoice, target: Target) -> None:
-    """Quick per-layer bound (weights unseen) kept on the choice for the report of user overrides."""
-    res = estimate_linear_layer(
-        choice.multiplies, choice.weights, choice.weight_t.width, choice.input_bits, choice.reuse_factor, choice.strategy, target
-    )
-    choice.dsp, choice.lut, choice.bram18 = res.dsp, res.lut, res.bram18
-
-
 def _design_resources(cost_layers: list, plan: LoweringPlan, device) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
     """Total resources of the design the plan describes, and each Dense/Conv layer's (full cost
     model). ``cost_layers`` are the plan's layers, re-configured here with the plan's choices."""
-    from edgec.cost.design import estimate_design
-
     for layer in cost_layers:
         choice = plan.layers.get(layer.name)
         if choice is not None:
@@ -169,8 +147,6 @@ def _design_resources(cost_layers: list, plan: LoweringPlan, device) -> tuple[di
 def fit_to_target(model: ModelWrapper, plan: LoweringPlan, target: Target, backend: str | None = None) -> list[str]:
     """Raise reuse factors (switching to the Resource strategy) until the design, as the cost model
     of edgec.cost estimates it, uses at most UTILIZATION_CAP of every resource of the target."""
-    from edgec.cost.device import device_for
-
     device = device_for(target, backend=backend)
     budget = {
         "dsp": target.resources.dsp * UTILIZATION_CAP,
@@ -178,8 +154,6 @@ def fit_to_target(model: ModelWrapper, plan: LoweringPlan, target: Target, backe
         "ff": target.resources.ff * UTILIZATION_CAP,
         "bram18": target.resources.bram18 * UTILIZATION_CAP,
     }
-    from edgec.cost.layer import plan_cost_layers
-
     layers = plan.layers
     cost_layers = plan_cost_layers(model, plan, plan.io_type)
     while True:
@@ -204,7 +178,6 @@ def fit_to_target(model: ModelWrapper, plan: LoweringPlan, target: Target, backe
             wanted = choice.reuse_factor * used / max(used - excess, used / 2, 1e-9)  # at most double per step
             choice.reuse_factor = next((r for r in valid if r >= wanted), valid[-1]) if wanted > valid[0] else valid[0]
             choice.strategy = "Resource"
-            _estimate(choice, target)
             choice.reason = (
                 f"{worst.upper()} over {int(UTILIZATION_CAP * 100)}% of {target.name} at full parallelism; "
                 f"Resource strategy, reuse factor {choice.reuse_factor}"
@@ -306,7 +279,6 @@ def plan_lowering(
             choice.reason = f"set by the user: {choice.strategy} strategy, reuse factor {choice.reuse_factor}"
             if choice.reuse_factor != wanted:
                 notes.append(f"{choice.node}: reuse factor {wanted} is not valid for a {choice.n_in}x{choice.n_out} kernel in hls4ml; using {choice.reuse_factor}")
-            _estimate(choice, target)
     notes.extend(choose_compression(layers))
     if io_type is None and has_conv:
         notes.append("io_stream chosen for a convolutional model (line-buffer convolutions)")

@@ -6,23 +6,58 @@ import numpy as np
 import onnxruntime as ort
 import qonnx.core.onnx_exec as oxe
 from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.transformation.infer_shapes import InferShapes
 
 ort.set_default_logger_severity(3)
+QUANTIZERS = ("Quant", "BipolarQuant", "Trunc", "MultiThreshold")
+
+
+def batched_copy(model: ModelWrapper, n: int) -> ModelWrapper:
+    """A copy whose batch dimension is ``n`` (value infos re-inferred, Reshape targets fixed)."""
+    copy = ModelWrapper(model.model.__deepcopy__())
+    del copy.graph.value_info[:]
+    for vi in list(copy.graph.input) + list(copy.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) and dims[0].dim_value == 1:
+            dims[0].dim_value = n
+    for node in copy.graph.node:
+        if node.op_type == "Reshape":
+            target = copy.get_initializer(node.input[1])
+            if target is not None and target.size and target[0] == 1:
+                target = np.array(target, copy=True)
+                target[0] = n
+                copy.set_initializer(node.input[1], target)
+    return copy.transform(InferShapes())
+
+
+def _needs_qonnx(model: ModelWrapper) -> bool:
+    return any((n.domain and ("qonnx" in n.domain or "brevitas" in n.domain or "finn" in n.domain)) or n.op_type in QUANTIZERS for n in model.graph.node)
+
+
+def model_outputs(model: ModelWrapper, x: np.ndarray, qonnx: bool | None = None) -> np.ndarray:
+    """The model's outputs on ``x`` (model layout), flattened per sample: onnxruntime for plain ONNX
+    (graph optimizations off: fused kernels change results of QDQ models, STACK-NOTES), qonnx
+    execution for QONNX, batched when the graph allows it and one sample at a time otherwise.
+    ``qonnx`` forces the executor (default: QONNX when the graph has QONNX ops)."""
+    in_name, out_name = model.graph.input[0].name, model.graph.output[0].name
+    x = np.asarray(x, dtype=np.float32)
+    if not (_needs_qonnx(model) if qonnx is None else qonnx):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(model.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        outs = [session.run([out_name], {in_name: s[None]})[0] for s in x]
+        return np.stack([np.asarray(o, dtype=np.float64).reshape(-1) for o in outs])
+    try:
+        out = np.asarray(oxe.execute_onnx(batched_copy(model, x.shape[0]), {in_name: x})[out_name], dtype=np.float64)
+        return out.reshape(x.shape[0], -1)
+    except Exception:  # graphs with batch-1 constants (Shape/Gather reshapes...): one sample at a time
+        outs = [oxe.execute_onnx(model, {in_name: s[None]})[out_name] for s in x]
+        return np.stack([np.asarray(o, dtype=np.float64).reshape(-1) for o in outs])
 
 
 def reference_outputs(model: ModelWrapper, x: np.ndarray, is_qonnx: bool) -> tuple[np.ndarray, str]:
-    """Outputs of the original model (batch of one at a time), flattened per sample."""
-    in_name = model.graph.input[0].name
-    out_name = model.graph.output[0].name
-    if is_qonnx:
-        outs = [oxe.execute_onnx(model, {in_name: s[None]})[out_name] for s in x]
-        return np.stack([np.asarray(o, dtype=np.float64).reshape(-1) for o in outs]), "qonnx execution"
-    options = ort.SessionOptions()
-    # Fused kernels change results of QDQ models (STACK-NOTES): run the graph exactly as written.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    outs = [session.run([out_name], {in_name: s[None]})[0] for s in x]
-    return np.stack([np.asarray(o, dtype=np.float64).reshape(-1) for o in outs]), "onnxruntime"
+    """Outputs of the original model, flattened per sample, and the executor's name."""
+    return model_outputs(model, x, qonnx=is_qonnx), ("qonnx execution" if is_qonnx else "onnxruntime")
 
 
 def compare(reference: np.ndarray, simulated: np.ndarray, labels: np.ndarray | None, resolution: np.ndarray | float = 0.0) -> dict:

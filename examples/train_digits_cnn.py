@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from example_training import fit
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
@@ -42,18 +43,7 @@ def main() -> None:
     y = digits.target.astype(np.int64)
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=300, random_state=0, stratify=y)
     model = DigitsCNN()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    data = torch.from_numpy(x_train)
-    labels = torch.from_numpy(y_train)
-    for _epoch in range(60):
-        perm = torch.randperm(len(data))
-        for i in range(0, len(data), 128):
-            idx = perm[i : i + 128]
-            optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(model(data[idx]), labels[idx])
-            loss.backward()
-            optimizer.step()
-    model.eval()
+    fit(model, x_train, y_train, epochs=60, lr=1e-2, batch=128)
     with torch.no_grad():
         accuracy = (model(torch.from_numpy(x_test)).argmax(1).numpy() == y_test).mean()
     print(f"test accuracy {accuracy:.4f}")

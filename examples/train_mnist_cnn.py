@@ -9,15 +9,13 @@ on 9000-9999. Writes examples/models/mnist_cnn.onnx (committed). Deterministic (
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
-import numpy as np
 import torch
+from example_training import fit, load_mnist
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
-MNIST = HERE.parent.parent / "shared" / "data" / "mnist"
 N_TRAIN = 8000
 
 
@@ -36,29 +34,12 @@ class MnistCNN(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-def load_mnist() -> tuple[np.ndarray, np.ndarray]:
-    """t10k images as N,1,28,28 floats in [0, 1] and labels."""
-    images = np.frombuffer(gzip.decompress((MNIST / "t10k-images-idx3-ubyte.gz").read_bytes())[16:], dtype=np.uint8)
-    labels = np.frombuffer(gzip.decompress((MNIST / "t10k-labels-idx1-ubyte.gz").read_bytes())[8:], dtype=np.uint8)
-    return (images.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32), labels.astype(np.int64)
-
-
 def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(2)
     x, y = load_mnist()
-    data, labels = torch.from_numpy(x[:N_TRAIN]), torch.from_numpy(y[:N_TRAIN])
     model = MnistCNN()
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for _epoch in range(8):
-        perm = torch.randperm(len(data))
-        for i in range(0, len(data), 64):
-            idx = perm[i : i + 64]
-            optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(model(data[idx]), labels[idx])
-            loss.backward()
-            optimizer.step()
-    model.eval()
+    fit(model, x[:N_TRAIN], y[:N_TRAIN], epochs=8, lr=2e-3)
     with torch.no_grad():
         held = model(torch.from_numpy(x[N_TRAIN:])).argmax(1).numpy()
     print(f"held-out accuracy (t10k 8000-9999): {(held == y[N_TRAIN:]).mean():.4f}")

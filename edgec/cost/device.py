@@ -74,10 +74,6 @@ def _load_parts() -> dict:
     return yaml.safe_load(Path(PARTS_FILE).read_text())["parts"]
 
 
-def known_parts() -> list[str]:
-    return sorted(_load_parts())
-
-
 def _speed_from_part(part: str) -> int:
     match = re.search(r"-(\d)(?:L|LV|E|I)?(?:-[a-z])?$", part, re.IGNORECASE)
     return int(match.group(1)) if match else 1

@@ -147,10 +147,3 @@ def layer_energy(
         io_pj += layer.out_elems * layer.result_bits * bus
     static_nj = static_power_w(power) * latency_s * 1e9
     return LayerEnergy(compute=compute_pj / 1000.0, memory=memory_pj / 1000.0, io=io_pj / 1000.0, static=static_nj)
-
-
-def sparsity_saving(layer: LayerConfig) -> float:
-    """Fraction of the layer's products that cost nothing because their weight is zero."""
-    if layer.weight_codes is None:
-        return 0.0
-    return float(np.mean(np.asarray(layer.weight_codes) == 0))

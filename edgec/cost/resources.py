@@ -23,7 +23,6 @@ import numpy as np
 
 from edgec.cost.device import Device
 from edgec.cost.layer import LayerConfig
-from edgec.targets import Target
 
 # DSP48E1 multiplies 25x18 signed operands (UG479, 7 Series DSP48E1 User Guide, ch. 1); DSP48E2
 # multiplies 27x18 (UG579, UltraScale DSP48E2 User Guide, ch. 1). A product wider than that needs
@@ -349,21 +348,3 @@ def design_overhead(layers: list[LayerConfig], device: Device, design_ii: int = 
     if layers and layers[0].io_type != "io_stream" and (device.backend == "vivado" or design_ii <= 1):
         ff += layers[0].in_elems * layers[0].input_bits
     return LayerResources(lut=LUT_PER_DESIGN_CONTROL, ff=ff, dsp=0, bram18=0)
-
-
-def estimate_linear_layer(
-    multiplies: int, weights: int, weight_bits: int, input_bits: int, reuse_factor: int, strategy: str, target: Target
-) -> LayerResources:
-    """Quick DSP/LUT/BRAM bound of a Dense/Conv kernel with ``multiplies`` products per output
-    computation, weights unseen (every product a variable multiplier): the configurator's fitting
-    estimate, used to choose Strategy and ReuseFactor before types are final."""
-    parallel = math.ceil(multiplies / reuse_factor)
-    per_mult_dsp = dsp_per_multiply(weight_bits, input_bits, target.dsp_kind)
-    dsp = parallel * per_mult_dsp
-    lut = 0 if per_mult_dsp else int(parallel * weight_bits * input_bits * LUTS_PER_PARTIAL_PRODUCT_BIT)
-    bram = 0
-    if strategy == "Resource":
-        total_bits = weights * weight_bits
-        width_bound = math.ceil(parallel * weight_bits / BRAM18_MAX_WIDTH)
-        bram = max(math.ceil(total_bits / BRAM18_BITS), width_bound)
-    return LayerResources(dsp=dsp, lut=lut, ff=0, bram18=bram)

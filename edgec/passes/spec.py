@@ -43,3 +43,21 @@ def parse_spec(spec: str | tuple[str, dict], flag: str, example: str) -> tuple[s
         last = key.strip()
         params[last] = spec_value(value)
     return method.strip(), params
+
+
+def method_class(methods: dict[str, str], method: str, kind: str) -> type:
+    """The pass class registered as ``"module:Class"`` for ``method`` (imported on use)."""
+    import importlib
+
+    if method not in methods:
+        raise OptionError(f"unknown {kind} method '{method}'", hint=f"use one of: {', '.join(methods)}")
+    module, _, cls = methods[method].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def with_defaults(flag: str, method: str, accepted: dict, given: dict) -> dict:
+    """``given`` over the non-None defaults in ``accepted``; unknown names raise OptionError."""
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        raise OptionError(f"{flag} {method}: unknown parameter(s) {', '.join(unknown)}", hint=f"{method} takes: {', '.join(accepted)}")
+    return {**{k: v for k, v in accepted.items() if v is not None}, **given}

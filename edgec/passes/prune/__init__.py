@@ -7,14 +7,11 @@ record per pass (MACs, parameters and accuracy before/after, per-layer ratios).
 
 from __future__ import annotations
 
-import importlib
-
 from qonnx.core.modelwrapper import ModelWrapper
 
-from edgec.errors import OptionError
 from edgec.passes.prune.base import PruningPass
 from edgec.passes.prune.common import PruneContext, layer_ops, timer, totals
-from edgec.passes.spec import parse_spec
+from edgec.passes.spec import method_class, parse_spec
 
 # method -> "module:class" (imported on use)
 METHODS = {
@@ -34,10 +31,7 @@ def parse_prune_spec(spec: str | tuple[str, dict]) -> tuple[str, dict]:
 
 
 def pass_class(method: str) -> type[PruningPass]:
-    if method not in METHODS:
-        raise OptionError(f"unknown pruning method '{method}'", hint=f"use one of: {', '.join(METHODS)}")
-    module, _, cls = METHODS[method].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    return method_class(METHODS, method, "pruning")
 
 
 def run_pruning(model: ModelWrapper, specs: list, ctx: PruneContext, metrics: PruneContext | None = None) -> tuple[ModelWrapper, list[dict]]:

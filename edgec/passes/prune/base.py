@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.transformation.base import Transformation
 
 from edgec.errors import DataError, OptionError
 from edgec.passes.prune.common import PruneContext, PruneRecord
+from edgec.passes.spec import with_defaults
 
 
 class PruningPass(Transformation):
@@ -24,14 +27,8 @@ class PruningPass(Transformation):
 
     def __init__(self, ctx: PruneContext | None = None, **params) -> None:
         super().__init__()
-        unknown = sorted(set(params) - set(self.PARAMS))
-        if unknown:
-            raise OptionError(
-                f"--prune {self.method}: unknown parameter(s) {', '.join(unknown)}",
-                hint=f"{self.method} takes: {', '.join(self.PARAMS)}",
-            )
+        self.params = with_defaults("--prune", self.method, self.PARAMS, params)
         self.ctx = ctx or PruneContext(None, None)
-        self.params = {**{k: v for k, v in self.PARAMS.items() if v is not None}, **params}
         self.record = PruneRecord(self.method, self.params)
         if self.needs_data and not self.ctx.has_data:
             raise DataError(f"--prune {self.method} needs data ({self.needs_data_reason()})", hint="pass --data with inputs (and labels)")
@@ -53,8 +50,9 @@ class PruningPass(Transformation):
             raise OptionError(f"--prune {self.method}: {key}={value} must be a fraction in [0, 1)")
         return float(value)
 
+    @abstractmethod
     def prune(self, model: ModelWrapper) -> ModelWrapper:
-        raise NotImplementedError
+        """Prune ``model`` (a private copy) and fill ``self.record``."""
 
     def apply(self, model: ModelWrapper):
         model = ModelWrapper(model.model.__deepcopy__())

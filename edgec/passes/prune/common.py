@@ -11,13 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnxruntime as ort
-import qonnx.core.onnx_exec as oxe
 from onnx import helper
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.transformation.infer_shapes import InferShapes
 
 from edgec.errors import DataError
+from edgec.verify import model_outputs
 
 LINEAR_OPS = ("MatMul", "Gemm", "Conv")
 WEIGHT_QUANTIZERS = ("Quant", "BipolarQuant")
@@ -155,45 +154,6 @@ def layer_ops(model: ModelWrapper) -> dict[str, dict]:
 def totals(stats: dict[str, dict]) -> tuple[int, int]:
     """(ops, non-zero params) over all layers."""
     return sum(s["ops"] for s in stats.values()), sum(s["nonzero"] for s in stats.values())
-
-
-def _batched(model: ModelWrapper, n: int) -> ModelWrapper:
-    """A copy whose batch dimension is ``n`` (value infos re-inferred, Reshape targets fixed)."""
-    copy = ModelWrapper(model.model.__deepcopy__())
-    del copy.graph.value_info[:]
-    for vi in list(copy.graph.input) + list(copy.graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        if len(dims) and dims[0].dim_value == 1:
-            dims[0].dim_value = n
-    for node in copy.graph.node:
-        if node.op_type == "Reshape":
-            target = copy.get_initializer(node.input[1])
-            if target is not None and target.size and target[0] == 1:
-                target = np.array(target, copy=True)
-                target[0] = n
-                copy.set_initializer(node.input[1], target)
-    return copy.transform(InferShapes())
-
-
-def model_outputs(model: ModelWrapper, x: np.ndarray) -> np.ndarray:
-    """The model's outputs on ``x`` (model layout), flattened per sample: onnxruntime for plain ONNX,
-    qonnx execution (batched when the graph allows it) for QONNX."""
-    in_name, out_name = model.graph.input[0].name, model.graph.output[0].name
-    is_qonnx = any(n.domain and "qonnx" in n.domain or n.op_type in WEIGHT_QUANTIZERS for n in model.graph.node)
-    x = np.asarray(x, dtype=np.float32)
-    if not is_qonnx:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session = ort.InferenceSession(model.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        outs = [session.run([out_name], {in_name: s[None]})[0] for s in x]
-        return np.stack([np.asarray(o, dtype=np.float64).reshape(-1) for o in outs])
-    try:
-        batched = _batched(model, x.shape[0])
-        out = np.asarray(oxe.execute_onnx(batched, {in_name: x})[out_name], dtype=np.float64)
-        return out.reshape(x.shape[0], -1)
-    except Exception:  # graphs with batch-1 constants (Shape/Gather reshapes...): one sample at a time
-        outs = [oxe.execute_onnx(model, {in_name: s[None]})[out_name] for s in x]
-        return np.stack([np.asarray(o, dtype=np.float64).reshape(-1) for o in outs])
 
 
 @dataclass

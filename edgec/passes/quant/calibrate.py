@@ -19,7 +19,8 @@ from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.transformation.infer_shapes import InferShapes
 
 from edgec.errors import DataError
-from edgec.passes.prune.common import WEIGHT_QUANTIZERS, _batched, attr, prunable_layers
+from edgec.passes.prune.common import WEIGHT_QUANTIZERS, attr, prunable_layers
+from edgec.verify import batched_copy
 
 CHUNK = 256  # samples per batched run (bounds the memory the exposed tensors take)
 ACC_SUFFIX = "::accumulator"
@@ -98,9 +99,9 @@ def _run_chunk(model: ModelWrapper, tensors: list[str], x: np.ndarray, qonnx_exe
     in_name = model.graph.input[0].name
     try:
         if qonnx_exec:  # the full execution context already holds every tensor
-            ctx = oxe.execute_onnx(_batched(model, x.shape[0]), {in_name: x}, return_full_exec_context=True)
+            ctx = oxe.execute_onnx(batched_copy(model, x.shape[0]), {in_name: x}, return_full_exec_context=True)
             return {t: np.asarray(ctx[t]) for t in tensors if ctx.get(t) is not None}
-        batched = _expose(_batched(model, x.shape[0]), tensors)
+        batched = _expose(batched_copy(model, x.shape[0]), tensors)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         session = ort.InferenceSession(batched.model.SerializeToString(), options, providers=["CPUExecutionProvider"])

@@ -156,6 +156,25 @@ def _insert_before(model: ModelWrapper, anchor, node) -> None:
     model.graph.node.insert(nodes.index(anchor) if anchor is not None else 0, node)
 
 
+def keeps_existing_quantizers(model: ModelWrapper, record, force: bool, method: str, instead: str) -> bool:
+    """A model that is already quantized keeps its widths (True: leave it, noted in ``record``);
+    with ``force`` its quantizers are removed so the float model underneath is quantized again."""
+    found = _quantizers_in(model)
+    if not found:
+        return False
+    listed = ", ".join(f"{n} {op}" for op, n in sorted(found.items()))
+    if not force:
+        record.changed = False
+        record.mode = "unchanged"
+        record.notes.append(f"model is already quantized ({listed}): kept its own widths; pass force=true to re-quantize it")
+        return True
+    if any(op in QDQ_OPS for op in found):
+        raise OptionError(f"--quantize {method}: force=true cannot re-quantize a QDQ model", hint="convert it to QONNX first")
+    _strip_quantizers(model)
+    record.notes.append(f"force=true: removed the model's quantizers ({listed}) and {instead}")
+    return False
+
+
 class FixedPointQuantization(QuantizationPass):
     """Post-training fixed-point quantization with power-of-two scales (see module docstring)."""
 
@@ -198,18 +217,8 @@ class FixedPointQuantization(QuantizationPass):
     # -- the pass --------------------------------------------------------------------------------
 
     def quantize(self, model: ModelWrapper) -> ModelWrapper:
-        found = _quantizers_in(model)
-        if found:
-            listed = ", ".join(f"{n} {op}" for op, n in sorted(found.items()))
-            if not self.force:
-                self.record.changed = False
-                self.record.mode = "unchanged"
-                self.record.notes.append(f"model is already quantized ({listed}): kept its own widths; pass force=true to re-quantize it")
-                return model
-            if any(op in QDQ_OPS for op in found):
-                raise OptionError("--quantize fixed: force=true cannot re-quantize a QDQ model", hint="convert it to QONNX first")
-            _strip_quantizers(model)
-            self.record.notes.append(f"force=true: removed the model's quantizers ({listed}) and quantized the float model underneath")
+        if keeps_existing_quantizers(model, self.record, self.force, self.method, "quantized the float model underneath"):
+            return model
         if self.x is None:
             raise DataError("--quantize fixed needs calibration inputs", hint="pass --data (or let edgec draw random inputs)")
         self.record.mode = "post-training"

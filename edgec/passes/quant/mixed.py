@@ -59,7 +59,7 @@ from qonnx.core.modelwrapper import ModelWrapper
 from edgec.errors import DataError, OptionError
 from edgec.passes.prune.common import MAX_EVAL_SAMPLES, model_outputs, prunable_layers
 from edgec.passes.quant.calibrate import calibrate_ranges
-from edgec.passes.quant.fixed import QDQ_OPS, FixedPointQuantization, _quantizers_in, _strip_quantizers
+from edgec.passes.quant.fixed import FixedPointQuantization, keeps_existing_quantizers
 from edgec.passes.quant.registry import QuantizationPass
 
 OBJECTIVES = ("luts", "dsp", "latency", "energy")
@@ -210,18 +210,8 @@ class MixedPrecision(QuantizationPass):
 
     def quantize(self, model: ModelWrapper) -> ModelWrapper:
         started = time.perf_counter()
-        found = _quantizers_in(model)
-        if found:
-            listed = ", ".join(f"{n} {op}" for op, n in sorted(found.items()))
-            if not self.params["force"]:
-                self.record.changed = False
-                self.record.mode = "unchanged"
-                self.record.notes.append(f"model is already quantized ({listed}): kept its own widths; pass force=true to re-quantize it")
-                return model
-            if any(op in QDQ_OPS for op in found):
-                raise OptionError("--quantize mixed: force=true cannot re-quantize a QDQ model", hint="convert it to QONNX first")
-            _strip_quantizers(model)
-            self.record.notes.append(f"force=true: removed the model's quantizers ({listed}) and searched widths for the float model underneath")
+        if keeps_existing_quantizers(model, self.record, bool(self.params["force"]), self.method, "searched widths for the float model underneath"):
+            return model
         if self.x is None:
             raise DataError("--quantize mixed needs data to measure accuracy on", hint="pass --data (or let edgec draw random inputs)")
         self.record.mode = "post-training mixed precision"

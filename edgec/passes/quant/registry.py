@@ -7,7 +7,7 @@ record per pass (accuracy or agreement before/after on the data, per-layer types
 
 from __future__ import annotations
 
-import importlib
+from abc import abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +16,7 @@ from qonnx.transformation.base import Transformation
 
 from edgec.errors import OptionError
 from edgec.passes.prune.common import PruneContext, timer
-from edgec.passes.spec import parse_spec
+from edgec.passes.spec import method_class, parse_spec, with_defaults
 
 # method -> "module:class" (imported on use)
 METHODS = {
@@ -56,15 +56,9 @@ class QuantizationPass(Transformation):
 
     def __init__(self, x: np.ndarray | None = None, *, y: np.ndarray | None = None, **params) -> None:
         super().__init__()
-        unknown = sorted(set(params) - set(self.PARAMS))
-        if unknown:
-            raise OptionError(
-                f"--quantize {self.method}: unknown parameter(s) {', '.join(unknown)}",
-                hint=f"{self.method} takes: {', '.join(self.PARAMS)}",
-            )
+        self.params = with_defaults("--quantize", self.method, self.PARAMS, params)
         self.x = None if x is None else np.asarray(x, dtype=np.float32)
         self.y = None if y is None else np.asarray(y)
-        self.params = {**{k: v for k, v in self.PARAMS.items() if v is not None}, **params}
         self.record = QuantRecord(self.method, self.params)
         self.check_params()
 
@@ -79,8 +73,9 @@ class QuantizationPass(Transformation):
             raise OptionError(f"--quantize {self.method}: {key}={value} must be an integer from {low} to {high}")
         return int(value)
 
+    @abstractmethod
     def quantize(self, model: ModelWrapper) -> ModelWrapper:
-        raise NotImplementedError
+        """Quantize ``model`` (a private copy) and fill ``self.record``."""
 
     def apply(self, model: ModelWrapper):
         model = ModelWrapper(model.model.__deepcopy__())
@@ -93,10 +88,7 @@ def parse_quant_spec(spec: str | tuple[str, dict]) -> tuple[str, dict]:
 
 
 def quant_pass_class(method: str) -> type[QuantizationPass]:
-    if method not in METHODS:
-        raise OptionError(f"unknown quantization method '{method}'", hint=f"use one of: {', '.join(METHODS)}")
-    module, _, cls = METHODS[method].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    return method_class(METHODS, method, "quantization")
 
 
 def run_quantization(
