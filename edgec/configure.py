@@ -9,6 +9,7 @@ chosen per layer so the estimated design fits the target.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,6 +94,57 @@ def _exact_weight_limit(node, plan_width: int, target: Target) -> int:
     return plan_width
 
 
+def _result_tensors(model: ModelWrapper, node) -> list[str]:
+    """The layer's output and, when a bias Add follows alone, the Add's output (hls4ml fuses it)."""
+    tensors = [node.output[0]]
+    consumers = model.find_consumers(node.output[0]) or []
+    if len(consumers) == 1 and consumers[0].op_type == "Add":
+        tensors.append(consumers[0].output[0])
+    return tensors
+
+
+def _input_quantizer_type(model: ModelWrapper, tensor: str) -> FixedType | None:
+    """The quantizer type of a layer input, looking through ops that only move or select values
+    (reshapes, transposes, max pooling keep every value on the quantizer's grid)."""
+    producer = model.find_producer(tensor)
+    while producer is not None and producer.op_type in ("Reshape", "Flatten", "Transpose", "MaxPool", "Identity", "Squeeze", "Unsqueeze"):
+        tensor = producer.input[0]
+        producer = model.find_producer(tensor)
+    return quantizer_type(model, tensor)
+
+
+def _requantized(model: ModelWrapper, node) -> bool:
+    """Whether the layer's result goes straight into a quantizer (whose thresholds make it exact)."""
+    last = _result_tensors(model, node)[-1]
+    return any(c.op_type in ("Quant", "BipolarQuant") for c in model.find_consumers(last) or [])
+
+
+def _result_max_abs(model: ModelWrapper, node, ranges: dict[str, float]) -> float:
+    return max((ranges.get(t, 0.0) for t in _result_tensors(model, node)), default=0.0)
+
+
+def _output_exact_weight_type(
+    weight: np.ndarray, n_in: int, input_t: FixedType, result_max_abs: float, plan_width: int, target: Target
+) -> FixedType | None:
+    """Weights that are not on a power-of-two grid (a float scale folded into integer weights) feeding a
+    result no quantizer rounds again (a float model output): give them enough fraction bits that the
+    summed rounding error stays within a quarter LSB of the result type, so the C simulation is
+    within one LSB of the reference. Bound: sum_i |x_i| |dw_i| <= n_in * max|x| * 2^-(F+1) <= 2^-(f_out+2)
+    with max|x| from the input quantizer's type and f_out the result type's fraction bits (the same
+    calibrated type apply_types gives it). None when that needs more than the DSP's wide port."""
+    result_t = range_type(result_max_abs, plan_width, headroom=2.0)
+    input_max = input_t.max_abs
+    if input_max == 0:
+        return None
+    fraction = result_t.fractional + 1 + math.ceil(math.log2(n_in * input_max))
+    integer = range_type(float(np.max(np.abs(weight))), 64).integer
+    limit = max(plan_width, DSP_PORTS.get(target.dsp_kind, DSP_PORTS["DSP48E1"])[0])
+    width = integer + fraction
+    if width > limit:
+        return None
+    return FixedType(width, integer, True, "RND", "SAT")
+
+
 def _layer_choice(model: ModelWrapper, node, plan_width: int, ranges: dict[str, float], target: Target) -> LayerChoice | None:
     weight = model.get_initializer(node.input[1])
     if weight is None:
@@ -104,10 +156,11 @@ def _layer_choice(model: ModelWrapper, node, plan_width: int, ranges: dict[str, 
         n_out = weight.shape[0]
         n_in = int(np.prod(weight.shape[1:]))
         multiplies = n_in * n_out
-    weight_t = exact_type(weight, max_width=_exact_weight_limit(node, plan_width, target)) or range_type(
-        float(np.max(np.abs(weight))), plan_width
-    )
-    quantized_input = quantizer_type(model, node.input[0])
+    quantized_input = _input_quantizer_type(model, node.input[0])
+    weight_t = exact_type(weight, max_width=_exact_weight_limit(node, plan_width, target))
+    if weight_t is None and quantized_input is not None and not _requantized(model, node):
+        weight_t = _output_exact_weight_type(weight, n_in, quantized_input, _result_max_abs(model, node, ranges), plan_width, target)
+    weight_t = weight_t or range_type(float(np.max(np.abs(weight))), plan_width)
     in_bits = quantized_input.width if quantized_input is not None else plan_width
 
     sparsity = float(np.mean(weight_codes(weight, weight_t) == 0)) if weight.size else 0.0

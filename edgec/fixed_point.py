@@ -23,6 +23,11 @@ class FixedType:
     def fractional(self) -> int:
         return self.width - self.integer
 
+    @property
+    def max_abs(self) -> float:
+        """The largest magnitude the type holds (an upper bound: 2^(I-1) signed, 2^I unsigned)."""
+        return 2.0 ** (self.integer - 1) if self.signed else 2.0**self.integer
+
     def hls4ml(self) -> str:
         """hls4ml's config string, e.g. ``fixed<16,6,RND,SAT>``."""
         kind = "fixed" if self.signed else "ufixed"

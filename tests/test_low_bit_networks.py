@@ -116,6 +116,10 @@ def test_brevitas_float_scale_export_is_exact_where_quantized(tmp_path, data_dir
     assert ver["argmax_agreement"] == 1.0
     assert ver["accuracy_simulated"] == ver["accuracy_reference"] > 0.9
     assert ver["max_abs_error"] < 0.01  # plain hls4ml-style lowering was off by 0.128 here
+    # Brevitas 4-bit: float logits of integer accumulators times a float scale, within one LSB of the output type
+    assert ver["bit_exact"] is True and ver["max_lsb_error"] <= 1.0
+    last = result.report["layers"][-1]
+    assert last["precision"]["weight"].startswith("fixed<21,")  # enough fraction bits for the float scale (configure._output_exact_weight_type)
     passes = {p["name"]: p.get("details", []) for p in result.report["passes"]}
     assert passes["edgec.QuantizerScalesToLevels"]  # the float scale moved into the next weights
     exact = [d for d in passes["edgec.ExactRequantization"] if "layer" in d]
@@ -131,5 +135,6 @@ def test_brevitas_cnn_with_maxpool_between_quantized_layers(tmp_path, data_dir):
     ver = result.report["verification"]
     assert ver["argmax_agreement"] == 1.0 and ver["accuracy_simulated"] == ver["accuracy_reference"]
     assert ver["max_abs_error"] < 0.01  # without exact lowering: 0.48
+    assert ver["bit_exact"] is True and ver["max_lsb_error"] <= 1.0
     exact = [d["layer"] for d in next(p for p in result.report["passes"] if p["name"] == "edgec.ExactRequantization")["details"] if "layer" in d]
     assert exact == ["Conv_0", "Conv_1"]

@@ -46,6 +46,25 @@ def assert_ternary(original: ModelWrapper, pruned: ModelWrapper, record: dict) -
         assert latent[~zeros].min() >= latent[zeros].max()  # pruned by |latent|, smallest first
 
 
+def hls_products(build_dir: Path) -> list[str]:
+    """The nnet::product each layer of a build's hls4ml project uses, in order."""
+    import re
+
+    text = (build_dir / "hls" / "firmware" / "parameters.h").read_text()
+    return re.findall(r"nnet::product::(\w+)<", text)
+
+
+def test_mnist_bnn_lowers_to_xnor_popcount_bit_exactly(data_dir, tmp_path):
+    model, x, y = mnist_bnn(data_dir)
+    result = edgec.build(model.model, target="pynq-z2", output_dir=tmp_path / "bnn", data=(x[:400], y[:400]))
+    ver = result.report["verification"]
+    assert ver["bit_exact"] is True and ver["argmax_agreement"] == 1.0
+    # 8-bit input x binary weights: sign flips only; binary x binary: xnor + popcount (hls4ml's
+    # both_binary with its 2*popcount - n correction); binary x float-scaled weights: sign flips
+    assert hls_products(tmp_path / "bnn") == ["weight_binary", "both_binary", "data_binary"]
+    assert [layer["precision"]["weight"] for layer in result.report["layers"] if layer["op"] == "Dense"][:2] == ["uint<1>", "uint<1>"]
+
+
 def test_mnist_bnn_prunes_within_half_a_point_and_builds(data_dir, tmp_path):
     model, x, y = mnist_bnn(data_dir)
     pruned, records = run_pruning(model, ["bnn-latent:ratio=0.5,max_drop=0.5"], PruneContext(x, y))
@@ -72,6 +91,11 @@ def test_mnist_bnn_prunes_within_half_a_point_and_builds(data_dir, tmp_path):
     assert ver["reference"] == "qonnx execution"
     assert ver["argmax_agreement"] >= 0.99
     assert ver["accuracy_simulated"] == pytest.approx(ver["accuracy_reference"], abs=0.005)
+    assert ver["bit_exact"] is True
+    # ternary weights on the 8-bit input use hls4ml's weight_ternary product (no multipliers); the
+    # binary-input layers keep data_binary (hls4ml's weight_ternary would multiply the 0/1 code)
+    products = hls_products(tmp_path / "pruned")
+    assert products[0] == "weight_ternary" and "mult" not in products[:2], products
 
 
 def test_peer_bnn_without_labels_uses_agreement(data_dir, tmp_path):

@@ -72,3 +72,34 @@ def test_global_average_pool_head(tmp_path):
     ver = result.report["verification"]
     assert ver["argmax_agreement"] >= 0.99 and ver["max_abs_error"] < 0.01
     assert "DepthwiseConv2D" in [layer["op"] for layer in result.report["layers"]]
+
+
+def test_transpose_moves_into_weight_quantizer_with_per_channel_zero_points():
+    """Transpose(Quant(W)) -> Quant(W^T): per-channel scale and zero point are transposed with W."""
+    import qonnx.core.onnx_exec as oxe
+    from onnx import TensorProto, helper, numpy_helper
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    from edgec.frontend.canonicalize import _push_transposes_into_weight_quantizers
+
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(4, 6)).astype(np.float32)  # (out, in), as a PyTorch Linear stores it
+    scale = rng.uniform(0.05, 0.2, size=(4, 1)).astype(np.float32)
+    zeropt = np.array([[1.0], [-2.0], [0.0], [3.0]], dtype=np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w, "w"), (scale, "s"), (zeropt, "z"), (np.array(4.0, dtype=np.float32), "b"))]
+    nodes = [
+        helper.make_node("Quant", ["w", "s", "z", "b"], ["wq"], domain="qonnx.custom_op.general", signed=1, narrow=0, rounding_mode="ROUND"),
+        helper.make_node("Transpose", ["wq"], ["wt"], perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "wt"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=inits)
+    model = ModelWrapper(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("qonnx.custom_op.general", 1)]))
+    model = model.transform(InferShapes())
+    x = rng.normal(size=(1, 6)).astype(np.float32)
+    before = oxe.execute_onnx(model, {"x": x})["y"]
+    _push_transposes_into_weight_quantizers(model)
+    assert [n.op_type for n in model.graph.node] == ["Quant", "MatMul"]
+    assert model.get_initializer("z").shape == (1, 4)
+    np.testing.assert_array_equal(oxe.execute_onnx(model.transform(InferShapes()), {"x": x})["y"], before)

@@ -205,6 +205,93 @@ def _n_terms(layer) -> int:
     return filt * int(layer.get_attr("n_chan"))
 
 
+def _is_xnor(precision) -> bool:
+    from hls4ml.model.types import XnorPrecisionType
+
+    return isinstance(precision, XnorPrecisionType)
+
+
+def _both_binary(layer) -> bool:
+    return _is_xnor(layer.get_input_variable().type.precision) and _is_xnor(layer.weights["weight"].type.precision)
+
+
+def _feeds_only_sign(layer) -> bool:
+    """Whether every consumer of the layer's output is hls4ml's binary_tanh (a BipolarQuant)."""
+    consumers = [other for other in layer.model.get_layers() if layer.outputs[0] in other.inputs]
+    return bool(consumers) and all(c.get_attr("activation") == "binary_tanh" for c in consumers)
+
+
+def _low_bit_weights(layer) -> FixedType | None:
+    """Give +-1 weights hls4ml's xnor type and {-1, 0, 1} weights its 2-bit integer type, so the
+    layer uses nnet::product::weight_binary / both_binary (xnor + popcount) / weight_ternary, with
+    no multiplier (hls4ml's FPGABackend.product_type picks them from the weight type). Returns
+    the FixedType the values take for the accumulator arithmetic, or None for other weights.
+
+    Exceptions, where hls4ml's products would compute something else:
+    - a binary-input Conv: hls4ml's convolutions accumulate both_binary's 0/1 matches without the
+      ``2 * popcount - n`` correction Dense applies (nnet_mult.h ``cast``), so its weights stay
+      signed fixed point (data_binary);
+    - ternary weights on a binary (0/1-encoded) input: weight_ternary would multiply the 0/1 code;
+    - a binary Dense whose threshold (bias) cannot pass through hls4ml's ``ap_int<log2(n)+2>``
+      result of ``2 * popcount - n + bias`` without overflow.
+    """
+    from hls4ml.model.types import IntegerPrecisionType, NamedType, XnorPrecisionType
+
+    weight = layer.weights["weight"]
+    data = np.asarray(weight.data, dtype=np.float64)
+    if data.size == 0 or not np.all(np.isin(data, (-1.0, 0.0, 1.0))):
+        return None
+    binary_input = _is_xnor(layer.get_input_variable().type.precision)
+    is_dense = layer.class_name == "Dense"
+    if np.all(data != 0):
+        if binary_input and not is_dense:
+            return None
+        if binary_input and "bias" in layer.weights:
+            n_in = int(layer.get_attr("n_in"))
+            bias = np.asarray(layer.weights["bias"].data, dtype=np.float64)
+            if not np.array_equal(bias, np.round(bias)):
+                if not _feeds_only_sign(layer):
+                    return None  # hls4ml's cast to ap_int drops the bias's fraction (toward zero)
+                # sign(sum + b) for integer sums and sum + b != 0 (exact_requant keeps every value off 0):
+                # sum + b > 0  <=>  sum + ceil(b) - 1 >= 0, which hls4ml's binary_tanh (>= 0) computes exactly.
+                bias = np.ceil(bias) - 1.0
+                layer.weights["bias"].data = bias.astype(np.float32).reshape(np.shape(layer.weights["bias"].data))
+            limit = 2 ** (math.ceil(math.log2(n_in)) + 1) - 1  # ap_int<ceillog2(n_in) + 2>
+            if bias.size and float(np.max(np.abs(bias))) + n_in > limit:
+                return None
+        precision, codes, as_fixed = XnorPrecisionType(), np.where(data >= 0, 1, 0).astype(np.int64), FixedType(2, 2)
+    else:
+        if binary_input:
+            return None
+        precision, codes, as_fixed = IntegerPrecisionType(width=2, signed=True), data.astype(np.int64), FixedType(2, 2)
+    from hls4ml.backends.fpga.fpga_types import APTypeConverter, HLSTypeConverter
+
+    converter = HLSTypeConverter(precision_converter=APTypeConverter())
+    fresh = converter.convert(NamedType(sanitize_identifier(f"{layer.name}_weight_t"), precision))
+    weight.data = codes.reshape(data.shape)
+    weight.type = fresh
+    weight.update_precision(fresh.precision)
+    layer.set_attr("weight_t", fresh)
+    return as_fixed
+
+
+def _xnor_popcount_types(layer) -> FixedType:
+    """hls4ml's both_binary Dense starts each accumulator at the bias, adds 1 per matching bit
+    (popcount) and returns ``2 * acc - n_in`` (nnet_mult.h ``cast``), i.e. ``sum(+-1 products) +
+    2 * bias``: so the bias is halved here to keep the model's ``sum + bias``, and the accumulator
+    holds ``bias / 2 + popcount`` exactly."""
+    n_in = int(layer.get_attr("n_in"))
+    bias_var = layer.weights.get("bias")
+    half = np.asarray(bias_var.data, dtype=np.float64) / 2.0 if bias_var is not None else np.zeros(1)
+    bias_t = exact_type(half, 40) or FixedType(24, 16)
+    if bias_var is not None:
+        bias_var.data = half.astype(np.float32).reshape(np.shape(bias_var.data))
+        _set_weight_type(layer, "bias", bias_t)
+    reach = float(np.max(np.abs(half))) + n_in if half.size else float(n_in)
+    integer = math.floor(math.log2(max(reach, 1.0))) + 2
+    return FixedType(integer + bias_t.fractional, integer, True)
+
+
 def input_quantizer_type(model: ModelWrapper) -> FixedType | None:
     """The exact type of a power-of-two, zero-point-0 QONNX quantizer that alone reads the graph
     input: giving the Input layer that type (round half to even, saturating) converts each float
@@ -266,7 +353,10 @@ def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
             else:  # a layer the plan does not know (none today): type its weights the same way
                 data = np.asarray(weight.data, dtype=np.float64)
                 w_t = exact_type(data, plan.width) or range_type(float(np.max(np.abs(data))), plan.width)
-            if not isinstance(weight.type.precision, XnorPrecisionType):  # binary weights stay xnor
+            low_bit = None if isinstance(weight.type.precision, XnorPrecisionType) else _low_bit_weights(layer)
+            if low_bit is not None:
+                w_t = low_bit  # hls4ml's weight_binary / both_binary (xnor-popcount) / weight_ternary products
+            elif not isinstance(weight.type.precision, XnorPrecisionType):  # binary weights hls4ml made stay xnor
                 _set_weight_type(layer, "weight", w_t)
             bias_t = None
             if "bias" in layer.weights:
@@ -274,6 +364,8 @@ def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
                 bias_t = exact_type(bias, plan.width + 8) or range_type(float(np.max(np.abs(bias))) if bias.size else 0.0, plan.width + 8)
                 _set_weight_type(layer, "bias", bias_t)
             acc = accumulator_type(in_t, w_t, _n_terms(layer), bias_t)
+            if low_bit is not None and _both_binary(layer):
+                acc = _xnor_popcount_types(layer)
             if "accum_t" in layer.types:
                 layer.types["accum_t"].precision = _ap(acc)
             feeds_quantizer = any(_is_quantizer(c) for c in consumers.get(out, []))

@@ -89,11 +89,12 @@ def _push_transposes_into_weight_quantizers(model: ModelWrapper) -> None:
             continue
         perm = [a.ints for a in node.attribute if a.name == "perm"]
         perm = list(perm[0]) if perm else list(reversed(range(raw.ndim)))
-        scale = params[0]
-        if scale.ndim == raw.ndim:
-            model.set_initializer(quant.input[1], np.ascontiguousarray(scale.transpose(perm)))
-        elif scale.size != 1:
+        # per-channel scale and zero point (Quant inputs 1 and 2) move with the weights; BipolarQuant has a scale only
+        per_channel = [(name, value) for name, value in zip(quant.input[1:3], params[:2]) if value.size != 1]
+        if any(value.ndim != raw.ndim for _, value in per_channel):
             continue
+        for name, value in per_channel:
+            model.set_initializer(name, np.ascontiguousarray(value.transpose(perm)))
         model.set_initializer(quant.input[0], np.ascontiguousarray(raw.transpose(perm)))
         quant.output[0] = node.output[0]
         model.graph.node.remove(node)

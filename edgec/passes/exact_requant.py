@@ -197,6 +197,25 @@ def _solve_channel(acc: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[
     return None
 
 
+def _unit_slope(acc: np.ndarray, low: np.ndarray, high: np.ndarray, sol: tuple[float, float, int]) -> tuple[float, float, int] | None:
+    """The same sign decision as ``sol`` with slope +-1: ``sign(a*acc + b) = sign(acc + b/a)`` for a > 0
+    (and flipped for a < 0), so a bipolar output keeps its layer's +-1 weights and only the bias
+    (the threshold) moves. The bias is rounded to the fewest fraction bits that keep every row
+    strictly inside its bounds. None if no such bias exists within MAX_FRACTION_BITS."""
+    a, b, _ = sol
+    if a == 0:
+        return None
+    sign = 1.0 if a > 0 else -1.0
+    threshold = b / abs(a)
+    for frac in range(0, MAX_FRACTION_BITS + 1):
+        unit = 2**frac
+        b_q = round(threshold * unit) / unit
+        y = sign * acc + b_q
+        if np.all((y > low) & (y < high)):
+            return sign, b_q, frac
+    return None
+
+
 class ExactRequantization(Transformation):
     """Replace quantized-layer -> affine chain -> quantizer with an exact fixed-point equivalent."""
 
@@ -313,6 +332,8 @@ class ExactRequantization(Transformation):
             sol = _solve_channel(acc_c[keep], low, high)
             if sol is None:
                 return self._skip(q_node, f"channel {c} is not an affine step function")
+            if p_out["kind"] == "bipolar":  # a sign only needs a threshold: keep binary weights +-1 (xnor/popcount in hls4ml)
+                sol = _unit_slope(acc_c[keep], low, high, sol) or sol
             a[c], b[c], f = sol
             frac_bits = max(frac_bits, f)
         # New weights/bias in real units: y_real = s_out * (a * acc + b), acc = W_int . (x / s_in).
