@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup lint clean benchmark chromium
+.PHONY: demo test setup lint clean benchmark chromium cross
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) cross
 	$(VENV)/bin/edgec targets
 	$(VENV)/bin/edgec inspect examples/models/digits_cnn.onnx
 	$(VENV)/bin/edgec estimate examples/models/digits_cnn.onnx --target pynq-z2
@@ -27,7 +27,12 @@ demo: $(STAMP)
 chromium:
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
 
-test: $(STAMP) chromium
+# Debian's ARM cross compilers link the CPU partitions' TVM libraries for the boards (edgec/backends/tvm.py:
+# ARMv7 hard-float for the Zynq-7000's Cortex-A9, AArch64 for the UltraScale+ A53s and the Raspberry Pi 4; needs root for apt-get)
+cross:
+	command -v arm-linux-gnueabihf-g++ >/dev/null && command -v aarch64-linux-gnu-g++ >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++-arm-linux-gnueabihf g++-aarch64-linux-gnu)
+
+test: $(STAMP) chromium cross
 	$(VENV)/bin/ruff check edgec tests benchmarks examples
 	$(PY) -m pytest -q tests
 

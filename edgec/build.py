@@ -19,40 +19,39 @@ import numpy as np
 import onnx
 
 from edgec import __version__
+from edgec.backends.bundle import render_bundle
 from edgec.backends.hls4ml_backend import lower, sanitize_identifier
-from edgec.cost.design import LayerCost, estimate_design
+from edgec.configure import LoweringPlan
+from edgec.cost.design import estimate_design
 from edgec.data import resolve_data
-from edgec.errors import OutputExistsError, VerificationError
-from edgec.estimate import DesignOptions, cost_layers, cost_sections, plan_design, target_for_device
-from edgec.frontend.canonicalize import canonicalize
+from edgec.design_report import cost_partitioned_design, target_report
+from edgec.errors import OutputExistsError, TargetFitError, VerificationError
+from edgec.estimate import DesignOptions, cost_layers, plan_design, target_for_device
+from edgec.frontend.canonicalize import CanonicalModel, canonicalize
 from edgec.frontend.load import load_model
+from edgec.frontend.support import check_single_io
+from edgec.passes.partition import PlaceNodes, Segment, absorb_wiring_atoms, atoms, move_largest_to_cpu, prepare, split_segments
 from edgec.report import SCHEMA_VERSION, render_summary, write_report
 from edgec.report_html import write_html
-from edgec.runtime.csim import CSimulation
+from edgec.runtime.hetero import SegmentRunner, run_chain, to_canonical_layout
 from edgec.targets import load_target
-from edgec.verify import compare, first_divergence, reference_outputs
+from edgec.verify import compare, first_divergence, reference_outputs, tensor_values
 
 log = logging.getLogger(__name__)
 META_FILE = "edgec.json"
+MAX_SEAM_SAMPLES = 128  # calibration inputs of a segment that starts inside the model (the configurator uses 128)
 
 
-def to_canonical_layout(x: np.ndarray, input_perm: list[int] | None) -> np.ndarray:
-    return np.ascontiguousarray(x.transpose(input_perm)) if input_perm else x
-
-
-def from_canonical_layout(y: np.ndarray, canonical_out_shape: list[int], output_perm: list[int] | None) -> np.ndarray:
-    if output_perm:
-        y = y.reshape(y.shape[0], *canonical_out_shape[1:]).transpose(output_perm)
-    return y.reshape(y.shape[0], -1)
-
-
-def prune_model(model, specs: list, x: np.ndarray | None, y: np.ndarray | None, metric_x: np.ndarray, progress=None):
+def prune_model(model, specs: list, x: np.ndarray | None, y: np.ndarray | None, metric_x: np.ndarray, progress=None,
+                target: str | None = None, placement: dict[str, str] | None = None):
     """Run pruning specs on a loaded model: on the user's data (x, y) when given, otherwise with the
-    passes' data-free criteria, measuring agreement with the unpruned model on ``metric_x``."""
+    passes' data-free criteria, measuring agreement with the unpruned model on ``metric_x``.
+    ``target``/``placement`` are where the layers will run (``hardware_aware=true`` prunes each
+    layer to at least its break-even ratio there, or not at all)."""
     from edgec.passes.prune import PruneContext, run_pruning
 
-    ctx = PruneContext(x, y, progress=progress)
-    metrics = ctx if x is not None else PruneContext(metric_x, None)
+    ctx = PruneContext(x, y, progress=progress, target=target, placement=placement)
+    metrics = ctx if x is not None else PruneContext(metric_x, None, target=target, placement=placement)
     return run_pruning(model, specs, ctx, metrics)
 
 
@@ -122,33 +121,6 @@ def bit_exactness(reference: np.ndarray, simulated: np.ndarray, output_precision
     return {"bit_exact": bool(same_argmax and max_lsb <= 1.0 + 1e-9), "max_lsb_error": round(max_lsb, 4), "output_lsb": lsb}
 
 
-def _match_costs(hls_layers: list, costs: list[LayerCost]) -> list[LayerCost | None]:
-    """Give each hls4ml layer the cost of the layer the cost model folded its ONNX tensor into;
-    the first hls4ml layer on a fused chain (the Dense, not the quantizer after it) takes it."""
-    owner: dict[str, LayerCost] = {}
-    for cost in costs:
-        for tensor in cost.layer.fused_tensors or [cost.layer.output_tensor]:
-            owner.setdefault(tensor, cost)
-    taken: set[int] = set()
-    matched: list[LayerCost | None] = []
-    for layer in hls_layers:
-        cost = owner.get(layer.onnx_tensor)
-        if cost is not None and id(cost) not in taken:
-            taken.add(id(cost))
-            matched.append(cost)
-        else:
-            matched.append(None)
-    return matched
-
-
-def _layer_cost(cost: LayerCost | None, clock_ns: float) -> dict:
-    """A report layer's cost fields; a layer the cost model folded into another costs nothing itself."""
-    if cost is None:
-        return {"cycles": 0, "ii": 1, "latency_ns": 0.0, "resources": {"lut": 0, "ff": 0, "dsp": 0, "bram18": 0}, "energy_nj": 0.0,
-                "energy_breakdown_nj": {"compute": 0.0, "memory": 0.0, "io": 0.0, "static": 0.0}, "sparsity": None}
-    return cost.to_report(clock_ns)
-
-
 @dataclass
 class BuildResult:
     """What ``edgec.build`` returns: the report, the folder, and the simulated design."""
@@ -158,20 +130,184 @@ class BuildResult:
     _meta: dict
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Run the C simulation on inputs in the model's own layout; returns (N, outputs)."""
+        """Run the simulated design (C simulation for FPGA parts, TVM host build for CPU parts) on
+        inputs in the model's own layout; returns (N, outputs)."""
         return simulate_folder(self.output_dir, np.asarray(x, dtype=np.float32), self._meta)
 
 
+def _segments_meta(meta: dict) -> list[dict]:
+    """The build's segments; a folder from before partitioning has one FPGA segment in ``hls/``."""
+    if "segments" in meta:
+        return meta["segments"]
+    return [{
+        "placement": "fpga", "project_dir": "hls", "project_name": meta["project_name"], "n_in": meta["n_in"], "n_out": meta["n_out"],
+        "input_perm": meta["input_perm"], "output_perm": meta["output_perm"], "canonical_output_shape": meta["canonical_output_shape"],
+        "input_shape": meta["input_shape"], "output_shape": [1, meta["n_out"]],
+    }]
+
+
 def simulate_folder(output_dir: Path, x: np.ndarray, meta: dict | None = None) -> np.ndarray:
-    """C-simulate inputs (model layout) with a finished build folder."""
+    """Simulate inputs (model layout) with a finished build folder: every segment in order."""
     output_dir = Path(output_dir)
     meta = meta or json.loads((output_dir / META_FILE).read_text())
     sample_shape = meta["input_shape"][1:]
     if list(x.shape) == sample_shape:
         x = x[None]
-    csim = CSimulation.from_project(output_dir / "hls", meta["project_name"], meta["n_in"], meta["n_out"])
-    y = csim.run(to_canonical_layout(x, meta["input_perm"]))
-    return from_canonical_layout(y, meta["canonical_output_shape"], meta["output_perm"])
+    runners = [SegmentRunner(segment, output_dir) for segment in _segments_meta(meta)]
+    return run_chain(runners, x)[0]
+
+
+@dataclass
+class PlannedSegment:
+    """A segment with what its backend needs: the canonical model and lowering plan (FPGA)."""
+
+    segment: Segment
+    canonical: CanonicalModel | None = None
+    plan: LoweringPlan | None = None
+    x_in: np.ndarray | None = None  # calibration inputs in the model's layout
+
+
+def plan_partition(
+    placed, x: np.ndarray, tgt, options: DesignOptions, width: int, place: str, pinned: set[str], single_model=None,
+) -> tuple[list[PlannedSegment], list[str]]:
+    """Split the placed model into segments and plan every FPGA segment; with ``place="auto"`` a
+    segment that does not fit the FPGA even at the largest reuse factor gives its largest layer to
+    the CPU and the split is redone (partitions stay contiguous where the graph allows)."""
+    atom_list = atoms(placed)
+    notes: list[str] = []
+    while True:
+        absorb_wiring_atoms(placed, atom_list)
+        segments = split_segments(placed, atom_list)
+        seams = [s.input_tensor for s in segments[1:]]
+        seam_values = tensor_values(placed, x[:MAX_SEAM_SAMPLES], seams) if seams else {}
+        planned: list[PlannedSegment] = []
+        try:
+            for seg in segments:
+                x_in = x if seg.index == 0 else seam_values[seg.input_tensor]
+                if seg.placement == "cpu":
+                    planned.append(PlannedSegment(seg, x_in=x_in))
+                    continue
+                model = single_model if (single_model is not None and len(segments) == 1) else seg.model
+                canonical = canonicalize(model)
+                plan = plan_design(canonical.model, to_canonical_layout(x_in, canonical.input_perm), tgt, options, width)
+                planned.append(PlannedSegment(seg, canonical, plan, x_in))
+            _share_the_fabric(planned, tgt, options, width)
+            return planned, notes
+        except TargetFitError as err:
+            if place != "auto" or tgt.cpu is None:  # nowhere else to put a layer
+                raise
+            moved = move_largest_to_cpu(placed, atom_list, getattr(err, "segment", seg), str(err), pinned)
+            if moved is None:
+                raise
+            notes.append(f"{moved}: placed on the CPU; the FPGA part did not fit {tgt.name} even at the largest reuse factor ({err})")
+
+
+def _segment_resources(p: PlannedSegment, tgt, options: DesignOptions) -> dict[str, int]:
+    from edgec.cost.device import device_for
+
+    device = device_for(tgt, backend=options.backend)
+    return estimate_design(cost_layers(p.canonical.model, p.plan, p.plan.io_type, options), device).resources()
+
+
+def _share_the_fabric(planned: list[PlannedSegment], tgt, options: DesignOptions, width: int) -> None:
+    """Several FPGA segments are separate IPs on one fabric: each was fitted to the whole board, so
+    when together they exceed the configurator's cap, each (largest first) is re-fitted to what the
+    others leave of the board. A segment that cannot fit in what is left raises TargetFitError
+    (carrying the segment, so the partitioner can move one of its layers to the CPU)."""
+    from edgec.configure import UTILIZATION_CAP
+    from edgec.targets import FpgaResources
+
+    fpga = [p for p in planned if p.segment.placement == "fpga"]
+    if len(fpga) < 2 or options.reuse_factor is not None or options.strategy is not None:
+        return
+    keys = ("lut", "ff", "dsp", "bram18")
+    available = {"lut": tgt.resources.lut, "ff": tgt.resources.ff, "dsp": tgt.resources.dsp, "bram18": tgt.resources.bram18}
+    used = {id(p): _segment_resources(p, tgt, options) for p in fpga}
+    for _ in range(3):
+        if all(sum(u[k] for u in used.values()) <= UTILIZATION_CAP * available[k] for k in keys):
+            return
+        for p in sorted(fpga, key=lambda q: max(used[id(q)][k] / available[k] for k in keys if available[k]), reverse=True):
+            others = {k: sum(u[k] for key, u in used.items() if key != id(p)) for k in keys}
+            left = {k: max(int((UTILIZATION_CAP * available[k] - others[k]) / UTILIZATION_CAP), 0) for k in keys}
+            scaled = replace(tgt, resources=FpgaResources(left["lut"], left["ff"], left["dsp"], left["bram18"], tgt.resources.uram))
+            try:
+                p.plan = plan_design(p.canonical.model, to_canonical_layout(p.x_in, p.canonical.input_perm), scaled, options, width)
+            except TargetFitError as err:
+                err.segment = p.segment
+                raise
+            used[id(p)] = _segment_resources(p, tgt, options)
+            p.plan.notes.append(f"{p.segment.name}: fitted to what the other FPGA segments leave of {tgt.name}")
+    if not all(sum(u[k] for u in used.values()) <= UTILIZATION_CAP * available[k] for k in keys):
+        largest = max(fpga, key=lambda q: max(used[id(q)][k] / available[k] for k in keys if available[k]))
+        err = TargetFitError(f"the FPGA segments together do not fit {tgt.name}")
+        err.segment = largest.segment
+        raise err
+
+
+def _render_bundle(staging: Path, segments_meta: list[dict], tgt, model_name: str, x: np.ndarray, simulated: np.ndarray, cross: bool) -> dict:
+    """Write ``deploy/`` (PYNQ driver, HLS/Vivado scripts, README; edgec.backends.bundle) for a Zynq
+    board; a board or design the bundle cannot serve is reported, not fatal (the build is still valid)."""
+    from edgec.backends.bundle import BundleSegment, read_hls_interface
+    from edgec.errors import BundleError
+
+    if not tgt.has_fpga:
+        return {"skipped": f"{tgt.name} has no FPGA: the CPU library in cpu/ is the deliverable"}
+    if any(entry["placement"] == "cpu" and not entry.get("board_library") for entry in segments_meta):
+        return {"skipped": "CPU segments were built for this host only (--no-cross)" if not cross else "a CPU segment has no board library"}
+    segments = []
+    try:
+        for entry in segments_meta:
+            if entry["placement"] == "fpga":
+                interface = read_hls_interface(staging / entry["project_dir"], entry["project_name"])
+                perm = entry["input_perm"]
+                shape = entry["input_shape"]
+                canonical_in = [shape[i] for i in perm] if perm else shape
+                segments.append(BundleSegment(
+                    index=entry["index"], placement="fpga", name=entry["name"], input_shape=list(canonical_in[1:]),
+                    output_shape=list(entry["canonical_output_shape"][1:]), input_perm=perm, output_perm=entry["output_perm"],
+                    project_dir=entry["project_dir"], top_function=entry["project_name"], io_type=interface.io_type,
+                    input_type=(interface.input.value_type.width, interface.input.value_type.integer, interface.input.value_type.signed),
+                    output_type=(interface.output.value_type.width, interface.output.value_type.integer, interface.output.value_type.signed),
+                ))
+            else:
+                segments.append(BundleSegment(
+                    index=entry["index"], placement="cpu", name=entry["name"], input_shape=list(entry["input_shape"][1:]),
+                    output_shape=list(entry["output_shape"][1:]), input_perm=None, output_perm=None,
+                    library=entry["board_library"], library_meta=entry["library_meta"],
+                ))
+        written = render_bundle(staging, segments, tgt, model_name, check_data=(x[:64], simulated[:64]))
+    except BundleError as err:
+        shutil.rmtree(staging / "deploy", ignore_errors=True)
+        return {"skipped": err.user_message()}
+    return {"folder": "deploy", "files": sorted(str(path.relative_to(staging)) for path in written)}
+
+
+def _bit_exactness_of(last: PlannedSegment, project, reference: np.ndarray, simulated: np.ndarray, quantized: bool) -> dict:
+    if last.segment.placement == "fpga":
+        return bit_exactness(reference, simulated, project.layers[-1].precision.get("result", ""), quantized)
+    if not quantized:
+        return {"bit_exact": None, "max_lsb_error": None}
+    return {"bit_exact": None, "max_lsb_error": None, "note": "the last segment runs in float32 on the CPU (TVM): no fixed-point grid to be exact on"}
+
+
+def _divergence(planned: list[PlannedSegment], outputs: list[np.ndarray], placed, x: np.ndarray, projects: dict) -> dict | None:
+    """The first segment whose output departs from the reference, and inside an FPGA segment the
+    first diverging hls4ml layer."""
+    n = min(16, x.shape[0])
+    reference = tensor_values(placed, x[:n], [p.segment.output_tensor for p in planned])
+    for p, out in zip(planned, outputs):
+        ref = reference[p.segment.output_tensor].reshape(n, -1)
+        got = out[:n].reshape(n, -1)
+        error = float(np.max(np.abs(ref - got))) if ref.size else 0.0
+        if not np.array_equal(ref.argmax(-1), got.argmax(-1)) or error > 1e-3 * max(1.0, float(np.max(np.abs(ref)))):
+            entry = {"segment": p.segment.name, "placement": p.segment.placement, "max_abs_error": error, "layer": p.segment.name}
+            if p.segment.placement == "fpga":
+                inner = first_divergence(projects[p.segment.index], p.canonical.model, to_canonical_layout(p.x_in[:n] if p.segment.index == 0 else
+                                         tensor_values(placed, x[:n], [p.segment.input_tensor])[p.segment.input_tensor], p.canonical.input_perm))
+                if inner:
+                    entry.update(inner)
+            return entry
+    return None
 
 
 def build(
@@ -188,6 +324,9 @@ def build(
     options: DesignOptions | None = None,
     prune: list | None = None,
     quantize: list | None = None,
+    place: str = "auto",
+    placement: dict[str, str] | None = None,
+    cross: bool = True,
 ) -> BuildResult:
     """Build ``model`` for ``target`` into ``output_dir`` and verify it.
 
@@ -201,6 +340,11 @@ def build(
     pruning specs (``"magnitude:sparsity=0.5"`` or ``("magnitude", {"sparsity": 0.5})``) run in
     order on the model before it is lowered, on ``data`` when given (data-free otherwise);
     ``quantize`` a list of quantization specs (``"fixed:bits=8"``) run after pruning.
+
+    ``place`` decides where nodes run: ``"auto"`` (default: the FPGA, except ops hls4ml cannot
+    implement and layers that do not fit the FPGA, which go to the board's CPU), ``"fpga"`` or
+    ``"cpu"``; ``placement`` overrides single nodes by name (``{"fc3": "cpu"}``). CPU parts are
+    compiled with TVM for the host (simulation) and, with ``cross``, for the board's CPU (``cpu/``).
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -218,8 +362,8 @@ def build(
         options = replace(options, io_type=io_type)
     options.check()
     base_target = load_target(target)
-    device = options.device(base_target)
-    tgt = target_for_device(base_target, device)
+    device = options.device(base_target) if base_target.has_fpga else None
+    tgt = target_for_device(base_target, device) if device is not None else base_target
     out = Path(output_dir)
     if out.exists() and not force:
         raise OutputExistsError(f"output folder '{out}' already exists", hint="pass --force to replace it, or -o to choose another")
@@ -229,57 +373,103 @@ def build(
     x, y, data_desc = resolve_data(data, loaded.model, random_samples)
     prune_records: list[dict] = []
     if prune:
-        loaded.model, prune_records = prune_model(loaded.model, prune, x if data is not None else None, y, x, progress)
+        loaded.model, prune_records = prune_model(loaded.model, prune, x if data is not None else None, y, x, progress,
+                                                   target=base_target.name, placement=placement)
         lap("prune", f"{len(prune_records)} pass(es)")
     if quantize:
         loaded.model, quant_records = quantize_model(loaded.model, quantize, x, y, base_target.name)
         prune_records += quant_records
         lap("quantize", f"{len(quant_records)} pass(es)")
-    canonical = canonicalize(loaded.model)
-    lap("canonicalize", f"{len(canonical.model.graph.node)} nodes")
-    x_canon = to_canonical_layout(x, canonical.input_perm)
-    plan = plan_design(canonical.model, x_canon, tgt, options, width)
-    lap("configure", f"{plan.io_type}, {len(plan.layers)} Dense/Conv layer(s) fitted to {tgt.name}")
+    check_single_io(loaded.model)
+    placer = PlaceNodes(place, placement, has_fpga=base_target.has_fpga, has_cpu=base_target.cpu is not None, target_name=base_target.name)
+    placed = prepare(loaded.model).transform(placer)
+    pinned = {name for name, where in (placement or {}).items() if where == "fpga"}
+    planned, partition_notes = plan_partition(placed, x, tgt, options, width, placer.place, pinned, single_model=loaded.model)
+    fpga_parts = [p for p in planned if p.segment.placement == "fpga"]
+    cpu_parts = [p for p in planned if p.segment.placement == "cpu"]
+    lap("partition", f"{len(fpga_parts)} FPGA and {len(cpu_parts)} CPU segment(s); canonicalized and configured")
+    for p in fpga_parts:
+        if progress is not None:
+            progress(f"{'':<12} {'':>6}    {p.segment.name}: {p.plan.io_type}, {len(p.plan.layers)} Dense/Conv layer(s) fitted to {tgt.name}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.edgec-", dir=out.parent))
     try:
-        canonical.model.save(str(staging / "model.edgec.onnx"))
         stem = Path(loaded.path).stem if loaded.path else "edgec_model"
         project_name = sanitize_identifier(stem)
-        project = lower(canonical.model, plan, tgt, staging / "hls", project_name, backend=device.backend)
-        timings["convert"] = project.timings["convert"]
-        timings["compile"] = project.timings["compile"]
-        if progress is not None:
-            progress(f"{'convert':<12} {timings['convert']:6.2f} s  hls4ml project ({len(project.layers)} layers)")
-            progress(f"{'compile':<12} {timings['compile']:6.2f} s  g++ C simulation")
+        single_fpga = len(planned) == 1 and fpga_parts
+        if single_fpga:
+            fpga_parts[0].canonical.model.save(str(staging / "model.edgec.onnx"))
+        else:
+            placed.save(str(staging / "model.edgec.onnx"))
+        projects: dict[int, object] = {}
+        libraries: dict[int, object] = {}
+        segments_meta: list[dict] = []
+        for p in planned:
+            seg = p.segment
+            seg_in = [int(d) for d in seg.model.get_tensor_shape(seg.model.graph.input[0].name)]
+            seg_out = [int(d) for d in seg.model.get_tensor_shape(seg.model.graph.output[0].name)]
+            if p.segment.index == 0:
+                seg_in = [int(d) for d in input_shape]
+            if seg.placement == "fpga":
+                project_dir = "hls" if len(fpga_parts) == 1 else f"hls_{seg.name}"
+                name = project_name if len(fpga_parts) == 1 else sanitize_identifier(f"{project_name}_{seg.name}")
+                project = lower(p.canonical.model, p.plan, tgt, staging / project_dir, name, backend=device.backend)
+                projects[seg.index] = project
+                for key in ("convert", "compile"):
+                    timings[key] = round(timings.get(key, 0.0) + project.timings[key], 3)
+                if progress is not None:
+                    progress(f"{'convert':<12} {project.timings['convert']:6.2f} s  hls4ml project {project_dir}/ ({len(project.layers)} layers)")
+                    progress(f"{'compile':<12} {project.timings['compile']:6.2f} s  g++ C simulation")
+                canon_in = p.canonical.model.get_tensor_shape(p.canonical.model.graph.input[0].name)
+                canon_out = p.canonical.model.get_tensor_shape(p.canonical.model.graph.output[0].name)
+                segments_meta.append({
+                    "index": seg.index, "placement": "fpga", "name": seg.name, "project_dir": project_dir, "project_name": project.project_name,
+                    "input_shape": seg_in, "output_shape": seg_out, "input_perm": p.canonical.input_perm, "output_perm": p.canonical.output_perm,
+                    "canonical_output_shape": [int(d) for d in canon_out], "n_in": int(np.prod(canon_in[1:])), "n_out": int(np.prod(canon_out[1:])),
+                    "io_type": p.plan.io_type,
+                })
+            else:
+                from edgec.backends.tvm import compile_cpu_model
+
+                library = compile_cpu_model(seg.model, base_target, staging / "cpu", seg.name, cross=cross)
+                libraries[seg.index] = library
+                for key, value in library.timings.items():
+                    timings[f"tvm_{key}"] = round(timings.get(f"tvm_{key}", 0.0) + value, 3)
+                if progress is not None:
+                    progress(f"{'tvm':<12} {sum(library.timings.values()):6.2f} s  CPU segment {seg.name} ({len(seg.nodes)} nodes) -> cpu/{library.sidecar.name}")
+                segments_meta.append({
+                    "index": seg.index, "placement": "cpu", "name": seg.name, "library_meta": f"cpu/{library.sidecar.name}",
+                    "board_library": f"cpu/{library.board_library.name}" if library.board_library else None,
+                    "input_shape": seg_in, "output_shape": seg_out,
+                })
         clock = time.perf_counter()
-        canon_in = canonical.model.get_tensor_shape(canonical.model.graph.input[0].name)
-        canon_out = canonical.model.get_tensor_shape(canonical.model.graph.output[0].name)
         meta = {
-            "project_name": project.project_name,
             "input_shape": [int(d) for d in input_shape],
-            "input_perm": canonical.input_perm,
-            "output_perm": canonical.output_perm,
-            "canonical_output_shape": [int(d) for d in canon_out],
-            "n_in": int(np.prod(canon_in[1:])),
-            "n_out": int(np.prod(canon_out[1:])),
             "is_qonnx": loaded.is_qonnx,
+            "segments": segments_meta,
         }
-        csim = CSimulation.from_project(staging / "hls", project.project_name, meta["n_in"], meta["n_out"])
-        simulated = from_canonical_layout(csim.run(x_canon), canon_out, canonical.output_perm)
+        if single_fpga:  # the keys of a build folder from before partitioning
+            only = segments_meta[0]
+            meta.update({k: only[k] for k in ("project_name", "input_perm", "output_perm", "canonical_output_shape", "n_in", "n_out")})
+        runners = [SegmentRunner(entry, staging) for entry in segments_meta]
+        simulated, seg_outputs = run_chain(runners, x, keep=True)
         reference, reference_name = reference_outputs(loaded.model, x, loaded.is_qonnx)
-        resolution = project.output_resolution(reference)
+        last = planned[-1]
+        resolution = projects[last.segment.index].output_resolution(reference) if last.segment.placement == "fpga" else 0.0
         verification = {"reference": reference_name, "data": data_desc, **compare(reference, simulated, y, resolution)}
+        verification["simulated_by"] = " -> ".join("C simulation" if p.segment.placement == "fpga" else "TVM host build" for p in planned)
         verification["min_agreement"] = min_agreement
-        verification.update(bit_exactness(reference, simulated, project.layers[-1].precision.get("result", ""), loaded.is_qonnx))
+        verification.update(_bit_exactness_of(last, projects.get(last.segment.index), reference, simulated, loaded.is_qonnx))
         verification["first_divergence"] = None
         if verification["decisive_agreement"] < min_agreement:
-            verification["first_divergence"] = first_divergence(project, canonical.model, x_canon)
+            if single_fpga:
+                verification["first_divergence"] = first_divergence(projects[0], fpga_parts[0].canonical.model, to_canonical_layout(x, fpga_parts[0].canonical.input_perm))
+            else:
+                verification["first_divergence"] = _divergence(planned, seg_outputs, placed, x, projects)
         lap("verify", f"{verification['n_samples']} samples against {reference_name}")
-        design = estimate_design(cost_layers(canonical.model, plan, plan.io_type, options), device, base_target.power)
-        layer_costs = _match_costs(project.layers, design.layers)
-        lap("estimate", f"{design.cycles} cycles, {design.energy_uj:.3g} uJ per inference")
+        costs = cost_partitioned_design(planned, projects, libraries, base_target, device, options, pruned=any("ops_before" in r for r in prune_records))
+        lap("estimate", f"{costs.latency_us:.4g} us, {costs.energy_uj:.3g} uJ per inference")
         report = {
             "schema_version": SCHEMA_VERSION,
             "edgec_version": __version__,
@@ -289,36 +479,28 @@ def build(
                 "inputs": [{"name": i.name, "shape": loaded.model.get_tensor_shape(i.name)} for i in loaded.model.graph.input if loaded.model.get_initializer(i.name) is None],
                 "outputs": [{"name": o.name, "shape": loaded.model.get_tensor_shape(o.name)} for o in loaded.model.graph.output],
             },
-            "target": {"name": base_target.name, "part": device.part, "clock_mhz": round(device.clock_mhz, 6)},
-            "options": options.as_dict(),
-            "io_type": plan.io_type,
-            "layers": [
-                {
-                    "name": layer.name,
-                    "op": layer.op,
-                    "inputs_shape": layer.input_shape,
-                    "outputs_shape": layer.output_shape,
-                    "macs": layer.macs,
-                    "params": layer.params,
-                    "precision": {k: layer.precision.get(k) for k in ("weight", "bias", "result", "accum")},
-                    "strategy": layer.strategy,
-                    "reuse_factor": layer.reuse_factor,
-                    "onnx_tensor": layer.onnx_tensor,
-                    "choice_reason": layer.choice_reason,
-                    **_layer_cost(layer_costs[index], device.clock_ns),
-                }
-                for index, layer in enumerate(project.layers)
-            ],
-            **cost_sections(design),
+            "target": target_report(base_target, device),
+            "options": {**options.as_dict(), "place": placer.place},
+            "io_type": fpga_parts[0].plan.io_type if fpga_parts else None,
+            "layers": costs.layers,
+            **costs.sections,
+            "partition": costs.partition,
             "verification": verification,
-            "passes": prune_records + [{"name": p["name"], "params": p.get("params", {}), "seconds": p["seconds"], **({"details": p["details"]} if p.get("details") else {})} for p in canonical.passes],
-            "decisions": loaded.notes + _prune_decisions(prune_records) + _pass_decisions(canonical.passes) + plan.notes,
+            "passes": prune_records + [
+                {"name": q["name"], "params": q.get("params", {}), "seconds": q["seconds"], **({"details": q["details"]} if q.get("details") else {})}
+                for p in fpga_parts for q in p.canonical.passes
+            ],
+            "decisions": loaded.notes + _prune_decisions(prune_records) + partition_notes + costs.decisions
+            + [line for p in fpga_parts for line in _pass_decisions(p.canonical.passes) + p.plan.notes],
             "timings": timings,
         }
-        bottleneck = design.bottleneck()
-        if bottleneck is not None:  # name it as the report's layers do (hls4ml's layer names)
-            named = [entry["name"] for entry, cost in zip(report["layers"], layer_costs, strict=True) if cost is bottleneck]
-            report["totals"]["bottleneck"] = named[0] if named else bottleneck.layer.name
+        bundle_note = _render_bundle(staging, segments_meta, tgt, project_name, x, simulated, cross)
+        report["deploy"] = bundle_note
+        if bundle_note.get("skipped"):
+            report["warnings"].append(f"no deploy/ bundle: {bundle_note['skipped']}")
+        if cross and base_target.cpu is not None and libraries:
+            report["cpu_libraries"] = [{"segment": planned[i].segment.name, "board": f"cpu/{lib.board_library.name}" if lib.board_library else None,
+                                        "machine": lib.board_elf_machine, "host": f"cpu/{lib.host_library.name}"} for i, lib in libraries.items()]
         write_report(report, staging / "report.json")
         write_html(report, staging / "report.html")
         (staging / "summary.txt").write_text(render_summary(report) + "\n")
@@ -327,7 +509,7 @@ def build(
             div = verification["first_divergence"]
             where = f"; first diverging layer: {div['layer']} (max abs error {div['max_abs_error']:.3g})" if div else ""
             raise VerificationError(
-                f"C simulation agrees with the reference on {verification['decisive_agreement'] * 100:.1f}% of samples, "
+                f"the simulated design agrees with the reference on {verification['decisive_agreement'] * 100:.1f}% of samples, "
                 f"below the required {min_agreement * 100:.1f}%{where}",
                 hint="lower --min-agreement to keep the build anyway, or raise --width",
             )

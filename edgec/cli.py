@@ -29,6 +29,19 @@ def _design_options(args: argparse.Namespace):
     )
 
 
+def _placement_overrides(items: list[str] | None) -> dict[str, str]:
+    """``--place-node NAME=cpu`` (repeatable) -> {NAME: "cpu"}."""
+    from edgec.errors import OptionError
+
+    overrides = {}
+    for item in items or []:
+        name, sep, where = item.rpartition("=")
+        if not sep or not name or where not in ("fpga", "cpu"):
+            raise OptionError(f"--place-node {item!r}: write NODE=fpga or NODE=cpu", hint="node names are listed by `edgec inspect MODEL`")
+        overrides[name] = where
+    return overrides
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     from edgec.build import build
     from edgec.report import render_summary
@@ -45,6 +58,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
         options=_design_options(args),
         prune=args.prune,
         quantize=args.quantize,
+        place=args.place,
+        placement=_placement_overrides(args.place_node),
+        cross=not args.no_cross,
     )
     print()
     print(render_summary(result.report))
@@ -147,9 +163,12 @@ def _cmd_targets(args: argparse.Namespace) -> int:
 
     print(f"{'name':<14} {'part':<22} {'MHz':>5} {'LUT':>8} {'FF':>8} {'DSP':>6} {'BRAM18':>7}  CPU")
     for t in list_targets():
-        r = t.resources
         cpu = f"{t.cpu.cores}x {t.cpu.name} @ {t.cpu.clock_mhz:g} MHz" if t.cpu else "-"
-        print(f"{t.name:<14} {t.part:<22} {t.clock_mhz:>5g} {r.lut:>8} {r.ff:>8} {r.dsp:>6} {r.bram18:>7}  {cpu}")
+        if t.has_fpga:
+            r = t.resources
+            print(f"{t.name:<14} {t.part:<22} {t.clock_mhz:>5g} {r.lut:>8} {r.ff:>8} {r.dsp:>6} {r.bram18:>7}  {cpu}")
+        else:  # CPU-only board: no FPGA columns
+            print(f"{t.name:<14} {'(CPU only)':<22} {'-':>5} {'-':>8} {'-':>8} {'-':>6} {'-':>7}  {cpu}")
     return 0
 
 
@@ -165,6 +184,10 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="replace an existing build folder")
     b.add_argument("--min-agreement", type=float, default=0.99, help="fail (exit 3) below this argmax agreement")
     b.add_argument("--width", type=int, default=16, help="bit width of calibrated fixed-point types (default 16)")
+    b.add_argument("--place", choices=["auto", "fpga", "cpu"], default="auto",
+                   help="where layers run: auto (default: FPGA, with ops hls4ml lacks and layers that do not fit on the board's CPU), fpga or cpu")
+    b.add_argument("--place-node", action="append", metavar="NODE=fpga|cpu", help="place one ONNX node (repeatable; wins over --place)")
+    b.add_argument("--no-cross", action="store_true", help="build CPU parts for this host only (skip the board's cross-compiled library)")
     b.add_argument("--prune", action="append", metavar="METHOD[:key=value,...]",
                    help="prune before lowering (repeatable, run in order): magnitude, channels, sensitivity, spp, bnn-latent; "
                         "e.g. magnitude:sparsity=0.5,max_drop=0.5")

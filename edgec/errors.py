@@ -96,3 +96,14 @@ class OptionError(EdgecError):
     """An option value edgec cannot use (a malformed --precision, an unknown --part...)."""
 
     exit_code = 22
+
+
+class CrossCompilerError(ToolchainError):
+    """The board's cross compiler is missing, or it produced a library for another machine."""
+
+
+class BundleError(EdgecError):
+    """The board bundle (deploy/) cannot be made: the target has no FPGA or no Zynq processing
+    system to drive it, or a segment does not match its hls4ml project or TVM library."""
+
+    exit_code = 23

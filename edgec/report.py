@@ -32,12 +32,22 @@ def render_headline(report: dict) -> list[str]:
     util = totals["utilization"]
     used = totals["resources"]
     tgt = report["target"]
-    lines = [
-        f"latency {totals['cycles']} cycles = {totals['latency_us']:.4g} us at {tgt['clock_mhz']:g} MHz, "
-        f"II {totals['ii']} cycles -> {totals['throughput_fps']:.4g} inferences/s",
-        "resources on " + tgt["part"] + ": " + ", ".join(
+    split = totals.get("latency_by_placement_us")
+    if split is None:
+        lines = [
+            f"latency {totals['cycles']} cycles = {totals['latency_us']:.4g} us at {tgt['clock_mhz']:g} MHz, "
+            f"II {totals['ii']} cycles -> {totals['throughput_fps']:.4g} inferences/s",
+        ]
+    else:  # a partitioned (or CPU-only) design: the chain's latency, by where it is spent
+        lines = [
+            f"latency {totals['latency_us']:.4g} us (FPGA {split.get('fpga', 0):.4g}, CPU {split.get('cpu', 0):.4g}, "
+            f"PS-PL transfers {split.get('transfer', 0):.4g}) -> {totals['throughput_fps']:.4g} inferences/s pipelined",
+        ]
+    if tgt.get("part"):
+        lines.append("resources on " + tgt["part"] + ": " + ", ".join(
             f"{k.upper()} {used[k]} ({util[k] * 100:.1f}%)" for k in ("lut", "ff", "dsp", "bram18")
-        ),
+        ))
+    lines += [
         f"energy {totals['energy_uj']:.4g} uJ per inference ("
         + ", ".join(f"{k} {v:.3g}" for k, v in totals["energy_breakdown_uj"].items())
         + f"), energy-delay product {totals['edp']:.4g} uJ*us",
@@ -57,9 +67,12 @@ def render_summary(report: dict) -> str:
     """A readable summary: target, one row per layer, cost headline, verification and timings."""
     lines = []
     tgt = report["target"]
+    where = [f"{tgt['part']} @ {tgt['clock_mhz']:g} MHz"] if tgt.get("part") else []
+    if tgt.get("cpu") and any(layer.get("placement") == "cpu" for layer in report["layers"]):
+        where.append(f"{tgt['cpu']['name']} @ {tgt['cpu']['clock_mhz']:g} MHz")
     lines.append(f"edgec {report['edgec_version']}  model {Path(report['model']['path'] or '<ModelProto>').name}  "
-                 f"-> {tgt['name']} ({tgt['part']} @ {tgt['clock_mhz']:g} MHz)")
-    header = (f"{'layer':<22} {'op':<12} {'in':>10} {'out':>10} {'MACs':>9} {'result':<20} {'strategy':<9} {'RF':>4} "
+                 f"-> {tgt['name']} ({' + '.join(where)})")
+    header = (f"{'layer':<22} {'at':<4} {'op':<12} {'in':>10} {'out':>10} {'MACs':>9} {'result':<20} {'strategy':<9} {'RF':>4} "
               f"{'cycles':>7} {'II':>5} {'LUT':>7} {'FF':>7} {'DSP':>5} {'BRAM':>5} {'nJ':>8}")
     lines.append(header)
     lines.append("-" * len(header))
@@ -71,7 +84,7 @@ def render_summary(report: dict) -> str:
             cost = (f" {layer['cycles']:>7} {layer['ii']:>5} {_fmt_count(res['lut']):>7} {_fmt_count(res['ff']):>7} "
                     f"{res['dsp']:>5} {res['bram18']:>5} {layer['energy_nj']:>8.3g}")
         lines.append(
-            f"{layer['name'][:22]:<22} {layer['op'][:12]:<12} {_fmt_shape(layer['inputs_shape']):>10} "
+            f"{layer['name'][:22]:<22} {(layer.get('placement') or 'fpga')[:4]:<4} {layer['op'][:12]:<12} {_fmt_shape(layer['inputs_shape']):>10} "
             f"{_fmt_shape(layer['outputs_shape']):>10} {layer['macs']:>9} "
             f"{(prec.get('result') or '-')[:20]:<20} "
             f"{(layer['strategy'] or '-'):<9} {layer['reuse_factor'] if layer['reuse_factor'] else '-':>4}{cost}"
@@ -80,11 +93,17 @@ def render_summary(report: dict) -> str:
     if headline:
         lines.append("")
         lines.extend(headline)
+    segments = (report.get("partition") or {}).get("segments") or []
+    if len(segments) > 1 or any(seg["placement"] == "cpu" for seg in segments):
+        lines.append("segments: " + " -> ".join(f"{seg['name']} ({len(seg['nodes'])} node{'s' if len(seg['nodes']) != 1 else ''})" for seg in segments))
+    flagged = [row for row in (report.get("partition") or {}).get("break_even", []) if row.get("below_break_even")]
+    for row in flagged:
+        lines.append(f"break-even: {row['layer']}: {row['reason']}")
     ver = report.get("verification")
     if ver:
         acc = ""
         if ver.get("accuracy_reference") is not None:
-            acc = f", accuracy reference {ver['accuracy_reference']:.4f} / C-sim {ver['accuracy_simulated']:.4f}"
+            acc = f", accuracy reference {ver['accuracy_reference']:.4f} / simulated {ver['accuracy_simulated']:.4f}"
         lines.append("")
         lines.append(
             f"verification vs {ver['reference']} on {ver['n_samples']} samples ({ver.get('data', '')}): "

@@ -332,7 +332,23 @@ def render_html(report: dict) -> str:
         {"id": "fig-work", "title": "Work per layer", "img": _fig_work(layers),
          "caption": "Multiply-accumulates per inference and parameters of each layer (from the model, not estimated)."},
     ]
+    partition = report.get("partition") or {}
     context = {
+        "segments": [
+            {"name": seg["name"], "placement": seg["placement"], "nodes": ", ".join(seg["nodes"]),
+             "reasons": "; ".join(f"{k}: {v}" for k, v in (seg.get("reasons") or {}).items()),
+             "latency": _num(seg.get("latency_us")) or "-", "energy": _num(seg.get("energy_uj"), 3) or "-",
+             "library": seg.get("library") or seg.get("host_library") or "-"}
+            for seg in partition.get("segments") or []
+        ],
+        "cpu_name": (target.get("cpu") or {}).get("name", "the board's CPU"),
+        "break_even_metric": partition.get("break_even_metric", "energy"),
+        "break_even": [
+            {"layer": row["layer"], "placement": row["placement"], "ratio": _pct(row.get("pruning_ratio")) or "-",
+             **{m: ("never" if row["break_even"].get(m) is None else _pct(row["break_even"][m])) for m in ("energy", "cycles", "resources")},
+             "form": row.get("implementation") or "-", "reason": row.get("reason") or "", "flagged": bool(row.get("below_break_even"))}
+            for row in partition.get("break_even") or []
+        ],
         "title": f"edgec report: {model_name} on {target.get('name', '?')}",
         "model_name": model_name,
         "model_path": model_path or "<ModelProto>",

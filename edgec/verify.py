@@ -55,6 +55,20 @@ def model_outputs(model: ModelWrapper, x: np.ndarray, qonnx: bool | None = None)
         return np.stack([np.asarray(o, dtype=np.float64).reshape(-1) for o in outs])
 
 
+def tensor_values(model: ModelWrapper, x: np.ndarray, tensors: list[str]) -> dict[str, np.ndarray]:
+    """Values of intermediate ``tensors`` of ``model`` on inputs ``x`` (qonnx execution, batched when
+    the graph allows it), each shaped (N, *sample shape)."""
+    in_name = model.graph.input[0].name
+    x = np.asarray(x, dtype=np.float32)
+    wanted = list(dict.fromkeys(tensors))
+    try:
+        context = oxe.execute_onnx(batched_copy(model, x.shape[0]), {in_name: x}, return_full_exec_context=True)
+        return {t: np.asarray(context[t], dtype=np.float32).reshape(x.shape[0], *model.get_tensor_shape(t)[1:]) for t in wanted}
+    except Exception:  # graphs with batch-1 constants: one sample at a time
+        per_sample = [oxe.execute_onnx(model, {in_name: s[None]}, return_full_exec_context=True) for s in x]
+        return {t: np.concatenate([np.asarray(c[t], dtype=np.float32) for c in per_sample]).reshape(x.shape[0], *model.get_tensor_shape(t)[1:]) for t in wanted}
+
+
 def reference_outputs(model: ModelWrapper, x: np.ndarray, is_qonnx: bool) -> tuple[np.ndarray, str]:
     """Outputs of the original model, flattened per sample, and the executor's name."""
     return model_outputs(model, x, qonnx=is_qonnx), ("qonnx execution" if is_qonnx else "onnxruntime")

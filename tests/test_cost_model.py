@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 import edgec
 from edgec.cost.validation import FIGURES, load_cases, summarize, validate_case
 from edgec.estimate import DesignOptions, estimate
-from edgec.targets import target_names
+from edgec.targets import load_target, target_names
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "models" / "digits_cnn.onnx"
@@ -42,7 +42,7 @@ def test_estimates_match_the_costval_synthesis_reports(data_dir):
     assert set(FIGURES) <= set(rows[0]["estimate"])
 
 
-@pytest.mark.parametrize("target", target_names())
+@pytest.mark.parametrize("target", [name for name in target_names() if load_target(name).has_fpga])
 def test_every_layer_of_the_example_and_peers_is_estimated_on_every_target(target, data_dir):
     for model in [EXAMPLE] + [data_dir / f"{name}.onnx" for name in PEERS]:
         report = estimate(model, target=target)
@@ -169,3 +169,15 @@ def test_build_with_overrides_reproduces_the_published_design(data_dir, tmp_path
     assert report["totals"]["cycles"] == est["totals"]["cycles"] and report["totals"]["resources"] == est["totals"]["resources"]
     # the published synthesis: 10 cycles, II 8, 73 DSP (tests/data/costval)
     assert abs(report["totals"]["cycles"] - 10) <= 2 and abs(report["totals"]["resources"]["dsp"] - 73) <= 0.25 * 73
+
+
+@pytest.mark.parametrize("target", [name for name in target_names() if not load_target(name).has_fpga])
+def test_cpu_only_boards_estimate_every_node_on_the_cpu(target, data_dir):
+    report = estimate(EXAMPLE, target=target)
+    assert report["target"]["part"] is None and report["target"]["cpu"]["name"]
+    assert [layer["placement"] for layer in report["layers"]] == ["cpu"] * len(report["layers"])
+    totals = report["totals"]
+    assert totals["latency_us"] > 0 and totals["energy_uj"] > 0
+    assert totals["latency_us"] == pytest.approx(sum(layer["latency_ns"] for layer in report["layers"]) / 1000, rel=1e-3)
+    conv = [layer for layer in report["layers"] if layer["op"] == "Conv"]
+    assert len(conv) == 2 and all(layer["macs"] > 0 and layer["cycles"] > 0 for layer in conv)

@@ -19,6 +19,11 @@ class PruningPass(Transformation):
     Subclasses set ``method``, ``PARAMS`` (accepted parameter names with defaults) and
     ``needs_data`` (True: refuses without data; False: falls back to a data-free criterion), and
     implement ``prune(model) -> model``.
+
+    Every method also takes ``hardware_aware=true|false`` (edgec.passes.prune.hardware_aware):
+    each layer ends up pruned to at least its break-even ratio on the target, or not at all.
+    Unstructured methods re-prune layers through :meth:`reprune`; structured ones
+    (:meth:`structured`) leave smaller dense layers and only record that.
     """
 
     method = "base"
@@ -27,7 +32,7 @@ class PruningPass(Transformation):
 
     def __init__(self, ctx: PruneContext | None = None, **params) -> None:
         super().__init__()
-        self.params = with_defaults("--prune", self.method, self.PARAMS, params)
+        self.params = with_defaults("--prune", self.method, {**self.PARAMS, "hardware_aware": None}, params)
         self.ctx = ctx or PruneContext(None, None)
         self.record = PruneRecord(self.method, self.params)
         if self.needs_data and not self.ctx.has_data:
@@ -35,6 +40,26 @@ class PruningPass(Transformation):
         if self.params.get("max_drop") is not None and not self.ctx.has_data:
             raise DataError(f"--prune {self.method}: max_drop is measured on data", hint="pass --data, or drop max_drop")
         self.check_params()
+        aware = self.params.get("hardware_aware")
+        if aware is not None and not isinstance(aware, bool):
+            raise OptionError(f"--prune {self.method}: hardware_aware={aware} must be true or false")
+
+    @property
+    def hardware_aware(self) -> bool:
+        """Whether layers must end at or above their break-even pruning ratio (or unpruned)."""
+        return bool(self.params.get("hardware_aware", False))
+
+    def structured(self) -> bool:
+        """Whether this pass removes whole channels (smaller dense layers, break-even ratio 0)."""
+        return False
+
+    def reprune(self, original: ModelWrapper, current: ModelWrapper, ratios: dict[str, float]) -> ModelWrapper:
+        """A copy of ``current`` with each named layer pruned to ``ratios[name]`` (fraction of its
+        weights) by this method's criterion; 0 restores the layer's weights in ``original``.
+        The default ranks by magnitude (edgec.passes.prune.hardware_aware.magnitude_reprune)."""
+        from edgec.passes.prune.hardware_aware import magnitude_reprune
+
+        return magnitude_reprune(original, current, ratios)
 
     def needs_data_reason(self) -> str:
         return "its criterion is computed from activations"
@@ -56,4 +81,10 @@ class PruningPass(Transformation):
 
     def apply(self, model: ModelWrapper):
         model = ModelWrapper(model.model.__deepcopy__())
-        return self.prune(model), False
+        original = ModelWrapper(model.model.__deepcopy__()) if self.hardware_aware else None
+        pruned = self.prune(model)
+        if original is not None:
+            from edgec.passes.prune.hardware_aware import enforce_break_even
+
+            pruned = enforce_break_even(self, original, pruned)
+        return pruned, False

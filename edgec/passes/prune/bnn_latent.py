@@ -317,6 +317,25 @@ class BnnLatentPruning(PruningPass):
             )
         return pruned
 
+    def reprune(self, original: ModelWrapper, current: ModelWrapper, ratios: dict[str, float]) -> ModelWrapper:
+        """The model with each binary layer at the ratio this pass chose (``self.record``), except the
+        named ones at ``ratios[name]`` (0: binary again), rebuilt from ``original``; the record's
+        per-layer figures follow."""
+        layers = self._binary_layers(original)
+        chosen = {layer.name: float(self.record.layers.get(layer.name, {}).get("chosen_ratio", 0.0)) for layer in layers}
+        chosen.update({name: ratio for name, ratio in ratios.items() if name in chosen})
+        pruned = self._apply(original, layers, chosen)
+        for layer in layers:
+            if layer.name in ratios and layer.name in self.record.layers:
+                k = layer.removed(chosen[layer.name])
+                self.record.layers[layer.name].update({
+                    "chosen_ratio": round(k / layer.size, 4),
+                    "pruned_weights": k,
+                    "binary_ops_after": (layer.size - k) * layer.positions,
+                    "ternary": k > 0,
+                })
+        return pruned
+
     def _reachable(self, layers: list[BinaryLayer], target: float) -> float:
         """The op fraction the ladders can remove at most (capped at ``target``)."""
         top = self.ladder[-1]

@@ -765,6 +765,10 @@ class ChannelPruning(PruningPass):
     PARAMS = {"ratio": 0.5, "norm": "l1", "scope": "layer", "max_drop": None, "min_channels": 1}
     needs_data = False
 
+    def structured(self) -> bool:
+        """Whole channels go: the layers left are smaller and dense (``hardware_aware`` has nothing to do)."""
+        return True
+
     def check_params(self) -> None:
         self.fraction("ratio")
         if self.params["norm"] not in ("l1", "l2"):

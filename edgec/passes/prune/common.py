@@ -159,12 +159,16 @@ def totals(stats: dict[str, dict]) -> tuple[int, int]:
 @dataclass
 class PruneContext:
     """Data and the quality metric the passes use: accuracy with labels, otherwise argmax
-    agreement with the model as it was before the first pruning pass."""
+    agreement with the model as it was before the first pruning pass. ``target`` (board name,
+    None: pynq-z2) and ``placement`` (layer name -> fpga | cpu, default fpga) are where the model
+    will run, for ``hardware_aware`` pruning."""
 
     x: np.ndarray | None
     y: np.ndarray | None
     seed: int = 0
     progress: Callable[[str], None] | None = None
+    target: str | None = None
+    placement: dict[str, str] | None = None
     _reference: np.ndarray | None = field(default=None, repr=False)
 
     @property

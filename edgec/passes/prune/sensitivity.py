@@ -168,6 +168,10 @@ class SensitivityPruning(PruningPass):
     def needs_data_reason(self) -> str:
         return "channel sensitivities are measured on activations of calibration samples"
 
+    def structured(self) -> bool:
+        """Whole channels go: the layers left are smaller and dense (``hardware_aware`` has nothing to do)."""
+        return True
+
     def check_params(self) -> None:
         self.fraction("ratio")
         delta = self.params["delta"]

@@ -259,6 +259,41 @@ class StructuredProbabilisticPruning(PruningPass):
         self.fraction("validation")
         self._train_count: int | None = None  # fine-tune on this many samples (None: all)
 
+    # -- hardware_aware ---------------------------------------------------------------------
+    def structured(self) -> bool:
+        """``group=filter`` removes whole filters (smaller dense layers, nothing for ``hardware_aware``
+        to do); ``group=column`` leaves zero columns inside the layers, like unstructured pruning."""
+        return self.params["group"] == "filter"
+
+    def reprune(self, original: ModelWrapper, current: ModelWrapper, ratios: dict[str, float]) -> ModelWrapper:
+        """``group=column``: raise each named layer by zeroing more columns (smallest L1 norm of its
+        current, possibly fine-tuned, weights) until at least ``ratios[name]`` of its weights are
+        zero; a ratio of 0 restores the layer's weights in ``original``."""
+        out = ModelWrapper(current.model.__deepcopy__())
+        before = {ref.name: ref for ref in prunable_layers(original)}
+        for ref in prunable_layers(out):
+            ratio = ratios.get(ref.name)
+            if ratio is None:
+                continue
+            if ratio <= 0.0:
+                ref.set(out, before[ref.name].get(original))
+                continue
+            weights = ref.get(out)
+            zero = ref.effective(out) == 0
+            norms = np.abs(weights).sum(axis=ref.out_axis).reshape(-1)
+            zeros_in_group = zero.sum(axis=ref.out_axis).reshape(-1)
+            order = np.argsort(norms, kind="stable")
+            group_size = weights.shape[ref.out_axis]
+            # zeros after zeroing the first k groups: the others' zeros plus k whole groups
+            total = int(zero.sum()) - np.cumsum(zeros_in_group[order]) + group_size * np.arange(1, order.size + 1)
+            needed = math.ceil(min(ratio, 1.0) * weights.size - 1e-9)
+            k = int(np.searchsorted(total >= needed, True)) + 1 if np.any(total >= needed) else order.size
+            keep = np.ones(norms.size, dtype=bool)
+            keep[order[:k]] = False
+            shape = [1 if axis == ref.out_axis else n for axis, n in enumerate(weights.shape)]
+            ref.set(out, weights * keep.reshape(shape))
+        return out
+
     # -- set-up ---------------------------------------------------------------------------
     @property
     def seed(self) -> int:
