@@ -22,6 +22,8 @@ demo: $(STAMP) cross
 	$(VENV)/bin/edgec inspect examples/models/digits_cnn.onnx
 	$(VENV)/bin/edgec estimate examples/models/digits_cnn.onnx --target pynq-z2
 	$(VENV)/bin/edgec build examples/models/digits_cnn.onnx --target pynq-z2 --data examples/data/digits_test.npz -o build/digits_cnn --force
+	# the same CNN with a LogSoftmax head (examples/make_partitioned_example.py): FPGA + the board's CPU (TVM, ARM library in cpu/)
+	$(VENV)/bin/edgec build examples/models/digits_cnn_logsoftmax.onnx --target pynq-z2 --data examples/data/digits_test.npz -o build/digits_cnn_logsoftmax --force
 
 # headless Chromium renders report.html in tests/test_html_report.py (Debian package; needs root for apt-get)
 chromium:
@@ -41,6 +43,8 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/costval_validation.py --table
 	$(PY) benchmarks/pruning.py --table
 	$(PY) benchmarks/quantization.py --table
+	$(PY) benchmarks/partition.py --table
+	$(PY) benchmarks/cpu_break_even.py --table
 
 clean:
 	rm -rf build .pytest_cache

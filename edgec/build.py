@@ -55,12 +55,16 @@ def prune_model(model, specs: list, x: np.ndarray | None, y: np.ndarray | None, 
     return run_pruning(model, specs, ctx, metrics)
 
 
-def quantize_model(model, specs: list, x: np.ndarray, y: np.ndarray | None, target: str | None = None):
+def quantize_model(model, specs: list, x: np.ndarray, y: np.ndarray | None, target: str | None = None,
+                   options: DesignOptions | None = None, width: int = 16):
     """Run quantization specs (edgec.passes.quant) on a loaded model, calibrated on ``x``; a
-    search that costs candidates does so on the build's ``target``."""
+    search that costs candidates does so on the build's ``target`` with its design ``options``
+    and ``width`` (so the search optimizes the cost the build reports)."""
+    from edgec.passes.quant.mixed import CostSetup
     from edgec.passes.quant.registry import run_quantization
 
-    return run_quantization(model, specs, x, y, defaults={"target": target} if target else None)
+    return run_quantization(model, specs, x, y, defaults={"target": target} if target else None,
+                            pass_arguments={"cost_setup": CostSetup(options or DesignOptions(), width)})
 
 
 def _prune_decisions(records: list[dict]) -> list[str]:
@@ -377,7 +381,7 @@ def build(
                                                    target=base_target.name, placement=placement)
         lap("prune", f"{len(prune_records)} pass(es)")
     if quantize:
-        loaded.model, quant_records = quantize_model(loaded.model, quantize, x, y, base_target.name)
+        loaded.model, quant_records = quantize_model(loaded.model, quantize, x, y, base_target.name, options, width)
         prune_records += quant_records
         lap("quantize", f"{len(quant_records)} pass(es)")
     check_single_io(loaded.model)

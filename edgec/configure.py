@@ -247,42 +247,13 @@ def fit_to_target(model: ModelWrapper, plan: LoweringPlan, target: Target, backe
             )
 
 
-# hls4ml's compressed Dense (nnet_dense_compressed.h) stores each non-zero weight with its row and
-# column index (hls4ml/model/types.py CompressedWeightVariable: index width = bits of the largest
-# index) and multiplies only the non-zeros. Its weight memory is smaller than the dense layer's
-# once the zero fraction exceeds index_bits / (weight_bits + index_bits): the storage break-even.
-def compression_break_even(choice: LayerChoice) -> float:
-    """Sparsity above which compressed weights take less memory than dense ones."""
-    index_bits = 2 * max(1, (max(choice.n_in, choice.n_out) - 1).bit_length())
-    return index_bits / (choice.weight_t.width + index_bits)
-
-
 # hls4ml 1.3.0 cannot generate compressed Dense layers for the Vivado/Vitis backends: its config
 # template has no `dense_function` for strategy "compressed" (KeyError during conversion; checked
-# with a 256x64 layer at 85% zeros, see docs/hls4ml-notes.md). Flip this when a release fixes it.
+# with a 256x64 layer at 85% zeros, see docs/hls4ml-notes.md). Whether compression would pay off
+# is decided per layer by edgec.cost.break_even.choose_implementation (reported in each layer's
+# `implementation` and `break_even_ratio`). When a release fixes it, flip this and set
+# LayerChoice.compressed where choose_implementation returns fpga-resource-compressed.
 HLS4ML_COMPRESSION_WORKS = False
-
-
-def choose_compression(layers: dict[str, LayerChoice]) -> list[str]:
-    """Compress Resource-strategy Dense layers pruned beyond their storage break-even (when hls4ml
-    can generate them; otherwise say what it would save)."""
-    notes = []
-    for choice in layers.values():
-        if choice.op != "Dense" or choice.strategy != "Resource" or choice.reuse_factor <= 1:
-            continue
-        threshold = compression_break_even(choice)
-        if choice.sparsity < threshold:
-            continue
-        if HLS4ML_COMPRESSION_WORKS:
-            choice.compressed = True
-            choice.reason += f"; compressed weights (sparsity {choice.sparsity:.2f} >= break-even {threshold:.2f})"
-            notes.append(f"{choice.node}: compressed weights, {choice.sparsity * 100:.0f}% zeros (storage break-even {threshold * 100:.0f}%)")
-        else:
-            notes.append(
-                f"{choice.node}: {choice.sparsity * 100:.0f}% zeros is past the compressed-weights break-even ({threshold * 100:.0f}%), "
-                "but hls4ml 1.3.0 cannot generate compressed Dense layers; kept dense (Resource strategy reads the zeros too)"
-            )
-    return notes
 
 
 def _nearest_valid_reuse_factor(choice: LayerChoice, wanted: int) -> int:
@@ -332,7 +303,6 @@ def plan_lowering(
             choice.reason = f"set by the user: {choice.strategy} strategy, reuse factor {choice.reuse_factor}"
             if choice.reuse_factor != wanted:
                 notes.append(f"{choice.node}: reuse factor {wanted} is not valid for a {choice.n_in}x{choice.n_out} kernel in hls4ml; using {choice.reuse_factor}")
-    notes.extend(choose_compression(layers))
     if io_type is None and has_conv:
         notes.append("io_stream chosen for a convolutional model (line-buffer convolutions)")
     if precision is not None:

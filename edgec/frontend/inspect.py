@@ -90,8 +90,8 @@ def render_inspection(info: dict) -> str:
         lines.append(f"{layer['name'][:28]:<28} {layer['op'][:20]:<20} {shape_in:>14} {shape_out:>14} {layer['macs']:>10} {layer['params']:>9}  {layer['quantization']}")
     lines.append(f"total: {info['total_macs']} MACs, {info['total_params']} parameters")
     if info["unsupported"]:
-        lines.append("cannot lower:")
+        lines.append("cannot lower to the FPGA (edgec build --place auto runs these on the board's CPU with TVM):")
         lines += [f"  {u['node']} ({u['op']}): {u['reason']}" for u in info["unsupported"]]
     else:
-        lines.append("every op can be lowered")
+        lines.append("every op can be lowered to the FPGA")
     return "\n".join(lines)

@@ -33,6 +33,7 @@ from qonnx.transformation.infer_shapes import InferShapes
 
 from edgec.errors import OptionError, UnsupportedOpsError
 from edgec.frontend.support import unsupported_nodes
+from edgec.passes.rewrite_for_hls4ml import RewriteForHls4ml
 
 PLACEMENTS = ("fpga", "cpu")
 PLACE_MODES = ("auto", "fpga", "cpu")
@@ -81,11 +82,14 @@ def name_nodes(model: ModelWrapper) -> ModelWrapper:
 
 
 def prepare(model: ModelWrapper) -> ModelWrapper:
-    """Named copy of a loaded model with constants folded and shapes inferred, ready to place. The
+    """Named copy of a loaded model with constants folded, the rewrites edgec makes for hls4ml applied
+    and shapes inferred, ready to place. The
     user's node names are kept (qonnx's cleanup would rename every node), so placements can be
     overridden and reported by them; quantizers are not folded (canonicalization reads them)."""
     model = name_nodes(model).transform(InferShapes())
     model = model.transform(FoldConstants(exclude_op_types=["Quant", "BipolarQuant", "Trunc"]))
+    # ops edgec rewrites into ops hls4ml lowers (AveragePool -> depthwise Conv, PRelu...) are not "unsupported"
+    model = name_nodes(model.transform(RewriteForHls4ml())).transform(InferShapes())
     model = model.transform(RemoveUnusedTensors()).transform(InferShapes())
     return name_nodes(model)
 
@@ -344,13 +348,8 @@ def move_largest_to_cpu(model: ModelWrapper, atom_list: list[Atom], segment: Seg
     if not candidates:
         return None
     largest = max(candidates, key=lambda a: (atom_weights(model, a), -atom_list.index(a)))
-    largest.placement = "cpu"
     by_name = {n.name: n for n in model.graph.node}
-    reason = f"did not fit the FPGA ({why}); moved to the CPU as the largest layer ({atom_weights(model, largest)} weights)"
-    for name in largest.nodes:
-        _set_meta(by_name[name], PLACEMENT_KEY, "cpu")
-        _set_meta(by_name[name], REASON_KEY, reason)
-    largest.reasons = [f"{name}: {reason}" for name in largest.nodes]
+    _move_to_cpu([largest], by_name, f"did not fit the FPGA ({why}); moved to the CPU as the largest layer ({atom_weights(model, largest)} weights)")
     return ", ".join(largest.nodes)
 
 
@@ -397,28 +396,13 @@ def absorb_wiring_atoms(model: ModelWrapper, atom_list: list[Atom]) -> None:
             if atom.placement == "fpga" and not wiring(atom):
                 run = no_layer_run(index)
                 if run is not None:  # an FPGA segment without a single Dense/Conv: not worth two DMA transfers
-                    reason = "no Dense/Conv layer in this FPGA stretch: kept with the CPU segment next to it (no PS-PL round trip)"
-                    for member in run:
-                        member.placement = "cpu"
-                        for name in member.nodes:
-                            if reason_of(by_name[name]) != "placed by the user":
-                                _set_meta(by_name[name], PLACEMENT_KEY, "cpu")
-                                _set_meta(by_name[name], REASON_KEY, reason)
-                        member.reasons = [f"{name}: {reason}" for name in member.nodes]
-                    changed = True
+                    changed |= _move_to_cpu(run, by_name, "no Dense/Conv layer in this FPGA stretch: kept with the CPU segment next to it (no PS-PL round trip)")
                 continue
             if atom.placement != "fpga":
                 continue
             neighbours = [atom_list[i] for i in (index - 1, index + 1) if 0 <= i < len(atom_list)]
             if any(n.placement == "cpu" for n in neighbours):
-                atom.placement = "cpu"
-                reason = "only moves or scales data: kept with the CPU segment next to it (no PS-PL round trip)"
-                for name in atom.nodes:
-                    if reason_of(by_name[name]) != "placed by the user":
-                        _set_meta(by_name[name], PLACEMENT_KEY, "cpu")
-                        _set_meta(by_name[name], REASON_KEY, reason)
-                atom.reasons = [f"{name}: {reason}" for name in atom.nodes]
-                changed = True
+                changed |= _move_to_cpu([atom], by_name, "only moves or scales data: kept with the CPU segment next to it (no PS-PL round trip)")
 
 
 def _pull_to_quantizer(model: ModelWrapper, atom_list: list[Atom], index: int, by_name: dict) -> bool:
@@ -438,7 +422,14 @@ def _pull_to_quantizer(model: ModelWrapper, atom_list: list[Atom], index: int, b
             break
     else:
         return False
-    reason = "moved with the CPU layer before it up to its output quantizer (the FPGA part starts from quantized values)"
+    return _move_to_cpu(run, by_name, "moved with the CPU layer before it up to its output quantizer (the FPGA part starts from quantized values)")
+
+
+def _move_to_cpu(run: list[Atom], by_name: dict, reason: str) -> bool:
+    """Place the atoms of ``run`` on the CPU with ``reason`` (recorded on their nodes); a run with a
+    node the user put on the FPGA stays where it is. Returns whether anything moved."""
+    if any(placement_of(by_name[name]) == "fpga" and reason_of(by_name[name]) == "placed by the user" for atom in run for name in atom.nodes):
+        return False
     for atom in run:
         atom.placement = "cpu"
         for name in atom.nodes:

@@ -11,8 +11,10 @@ float model's.
 model with power-of-two scales (so it builds bit-exactly), its weight widths set per layer or per
 output channel (``layer_bits``). Widths apply to weights and activations: each activation quantizer
 takes the widest width of the layers that read it, so a layer's products are ``w_l x a_l`` bits
-with both at the layer's width (AutoQ varies both too); the graph input follows the first layer and
-the logits (read by no layer) keep the widest candidate. Scales are per layer (``per=layer``,
+with both at the layer's width (AutoQ varies both too); the graph input follows the first layer.
+The quantizers no layer reads (the logits) are one more unit of the search, ``output``. So the
+point with every unit at ``N`` bits is exactly ``fixed:bits=N`` (same model, byte for byte; with
+``granularity=kernel``, ``fixed:bits=N,per=channel``). Scales are per layer (``per=layer``,
 default, like ``fixed:bits=N``) or per channel; with ``granularity=kernel`` they are per channel
 (each kernel's scale fits its own width).
 
@@ -28,21 +30,41 @@ so LUTs and DSPs see each kernel's width; the terms that use the layer's single 
 (``LayerConfig.weight_bits``: energy per DSP product, accumulator and pipeline-register widths,
 weights in memory at ReuseFactor > 1) are costed at the widest kernel's width, an upper bound.
 
-**Search** (sensitivity-guided greedy). All units start at the widest candidate. Each unit's
-sensitivity is measured by lowering it one step alone; then, repeatedly, the move with the largest
-cost saving per accuracy point lost (among those keeping the drop within ``max_drop``) is applied.
-Scores are recomputed lazily: the best-ranked move is re-measured in the current configuration and
-taken if it still ranks first (before stopping, every remaining move is re-measured). The uniform
-widths are evaluated too, and the result is the cheapest feasible point evaluated (ties: higher
-accuracy). Every evaluation quantizes the model, measures it on the data and costs it with
-:func:`edgec.estimate.estimate` (cached per width assignment); a progress line goes to stderr.
-``search_seconds`` bounds the search (the best feasible point so far is returned, and the record
-says so). The result is deterministic for a given ``seed`` (which orders ties) when the search
-ends before the time budget.
+**Cost.** A point is costed with :func:`edgec.estimate.estimate` on the build's target and design
+options, so the configurator picks strategy and reuse factor for every candidate as the build will
+(this makes the cost non-monotone in the widths: a narrower design can fit at a smaller reuse
+factor and use more LUTs, or a wider one need a larger reuse factor and take longer). Accuracy is
+measured first (a fraction of the cost of an estimate); a point over ``max_drop`` is not costed,
+except the uniform ones. The search calibrates the estimate on ``COST_SAMPLES`` inputs (types come
+from the quantizers); the chosen point and the best feasible uniform one are costed again on the
+build's own calibration data, and those are the figures reported (the record says whether they
+agree with the search's).
 
-The record (report.json ``passes[]``) holds a ``search`` section: the units, every evaluated point
-on the accuracy/cost Pareto frontier (widths, accuracy, objective, LUT/DSP/latency/energy), the
-greedy path, the uniform points and the chosen one.
+**Search.** Points are ranked by the objective, then a secondary cost (``SECONDARY``), then higher
+accuracy; a point is feasible when its drop is at most ``max_drop``.
+
+1. *uniform*: every candidate width on every unit (always costed). The result is never worse on the
+   ranking than the best feasible uniform point: that is where the search starts.
+2. *greedy*: from the widest point, sensitivity-guided descent: repeatedly the lowering of one unit
+   with the largest cost saving per accuracy point lost that stays feasible (scores re-measured
+   lazily; before stopping every remaining move is re-measured).
+3. *ascent*: from the widest infeasible uniform point, raise the unit that recovers the most
+   accuracy until the point is feasible.
+4. *local*: first-improvement local search from the best uniform point and from the ends of 2 and 3.
+   Moves (in a seeded order): lower one unit a step, lower one and raise another (at most
+   ``MAX_PAIR_MOVES`` pairs a step when there are more), raise one (under the non-monotone
+   configurator raising a unit can lower the cost).
+5. *restart* (``restarts`` times): perturb the best point so far (a seeded random set of units moved
+   one or two steps), repair it by ascent when it is infeasible, and search locally from there.
+
+Every evaluation prints a progress line (stderr by default). ``search_seconds`` bounds the search
+(the best feasible point so far is returned and the record says so). The search is deterministic
+for a given ``seed`` when it ends before the time budget.
+
+The record (report.json ``passes[]``) holds a ``search`` section: the units, the chosen point, the
+uniform points, the greedy path, the local searches (start and end), every explored point (widths,
+accuracy, objective when costed) and the costed points on the accuracy/cost Pareto frontier (with
+LUT/DSP/latency/energy).
 """
 
 from __future__ import annotations
@@ -51,7 +73,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
@@ -63,71 +85,106 @@ from edgec.passes.quant.fixed import FixedPointQuantization, keeps_existing_quan
 from edgec.passes.quant.registry import QuantizationPass
 
 OBJECTIVES = ("luts", "dsp", "latency", "energy")
+# Ties on the objective are broken by this cost (then by accuracy): the cheaper design of two equal ones.
+SECONDARY = {"luts": "energy", "dsp": "luts", "latency": "energy", "energy": "luts"}
 GRANULARITIES = ("layer", "kernel")
-COST_SAMPLES = 8  # calibration samples estimate() sees: types come from the quantizers, so a few suffice
-TIE_WEIGHT = 1e-3  # secondary objective's weight in a move's saving (breaks ties of the primary one)
+COST_SAMPLES = 8  # calibration samples the search's estimates see: types come from the quantizers, so a few suffice
+TIE_WEIGHT = 1e-3  # secondary cost's weight in a greedy move's saving (breaks ties of the objective)
+MAX_PAIR_MOVES = 48  # lower-one-raise-another moves tried per local-search step (a seeded sample when there are more)
+OUTPUT_LABEL = "output"
+EPSILON = 1e-9
 
 
 @dataclass(frozen=True)
 class Unit:
-    """One searched width: a whole layer, or a group of a layer's output channels."""
+    """One searched width: a whole layer, a group of a layer's output channels, or the output quantizers."""
 
     label: str
-    layer: str
+    layer: str | None  # None for the output unit
     channels: tuple[int, ...]  # output channels it covers (all of the layer's at layer granularity)
+    tensors: tuple[str, ...] = ()  # the output unit's quantized tensors
+
+    def as_dict(self) -> dict:
+        if self.layer is None:
+            return {"label": self.label, "kind": "output", "tensors": list(self.tensors)}
+        return {"label": self.label, "kind": "layer" if self.label == self.layer else "kernels", "layer": self.layer,
+                "channels": list(self.channels)}
 
 
 @dataclass
 class Point:
-    """One evaluated width assignment."""
+    """One evaluated width assignment (costs are None until it is costed)."""
 
     widths: tuple[int, ...]  # bits per unit
     accuracy: float
     drop: float  # points below the float model
-    objective: float
-    lut: int
-    dsp: int
-    ff: int
-    bram18: int
-    latency_us: float
-    energy_uj: float
     feasible: bool
     index: int  # evaluation number
+    phase: str  # the search phase that evaluated it first
+    costs: dict | None = None  # lut, dsp, ff, bram18, latency_us, energy_uj
+    objective: float | None = None
+    secondary: float | None = None
+
+    @property
+    def costed(self) -> bool:
+        return self.costs is not None
+
+    def rank(self) -> tuple[float, float, float]:
+        """The search's order (lower is better): objective, secondary cost, then higher accuracy."""
+        assert self.objective is not None and self.secondary is not None
+        return (self.objective, self.secondary, -self.accuracy)
 
     def as_dict(self, units: list[Unit]) -> dict:
-        return {
+        out = {
             "eval": self.index,
+            "phase": self.phase,
             "widths": {unit.label: int(bits) for unit, bits in zip(units, self.widths, strict=True)},
             "accuracy": round(self.accuracy, 6),
             "drop_points": round(self.drop, 4),
-            "objective": round(self.objective, 6),
-            "lut": self.lut,
-            "dsp": self.dsp,
-            "ff": self.ff,
-            "bram18": self.bram18,
-            "latency_us": round(self.latency_us, 6),
-            "energy_uj": round(self.energy_uj, 9),
             "feasible": self.feasible,
         }
+        if self.costs is not None:
+            out["objective"] = round(float(self.objective), 9)
+            out.update(self.costs)
+        return out
+
+    def compact(self) -> list:
+        """``[eval, phase, [widths], accuracy, objective or None, feasible]`` (the explored set)."""
+        objective = None if self.objective is None else round(float(self.objective), 9)
+        return [self.index, self.phase, [int(b) for b in self.widths], round(self.accuracy, 6), objective, self.feasible]
+
+
+@dataclass(frozen=True)
+class CostSetup:
+    """How the build will cost the design: its :class:`edgec.estimate.DesignOptions` (part, clock,
+    strategy, reuse factor, ...; None: the defaults) and calibrated type width (``--width``)."""
+
+    options: object | None = None
+    width: int = 16
+
+
+@dataclass
+class _Descent:
+    """One local search: where it started and where it ended."""
+
+    phase: str
+    start: Point
+    end: Point | None = None
+    steps: list[Point] = field(default_factory=list)
 
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _objective_value(totals: dict, objective: str) -> float:
-    if objective == "luts":
-        return float(totals["resources"]["lut"])
-    if objective == "dsp":
-        return float(totals["resources"]["dsp"])
-    if objective == "latency":
-        return float(totals["latency_us"])
-    return float(totals["energy_uj"])
+def _cost_value(costs: dict, name: str) -> float:
+    key = {"luts": "lut", "dsp": "dsp", "latency": "latency_us", "energy": "energy_uj"}[name]
+    return float(costs[key])
 
 
 def pareto_frontier(points: list[Point]) -> list[Point]:
-    """Points no other point beats on both accuracy (higher) and objective (lower), by objective."""
-    ordered = sorted(points, key=lambda p: (p.objective, -p.accuracy, p.index))
+    """Costed points no other costed point beats on both accuracy (higher) and objective (lower), by objective."""
+    ordered = sorted((p for p in points if p.costed), key=lambda p: (p.objective, -p.accuracy, p.index))
     frontier: list[Point] = []
     best_accuracy = -math.inf
     for point in ordered:
@@ -135,6 +192,10 @@ def pareto_frontier(points: list[Point]) -> list[Point]:
             frontier.append(point)
             best_accuracy = point.accuracy
     return frontier
+
+
+class _OutOfTime(Exception):
+    """The time budget ran out (internal: unwinds the search)."""
 
 
 class MixedPrecision(QuantizationPass):
@@ -145,19 +206,34 @@ class MixedPrecision(QuantizationPass):
         "max_drop": 1.0,
         "objective": "luts",
         "granularity": "layer",
-        "bits": [8, 6, 5, 4, 3, 2],
+        "bits": [8, 7, 6, 5, 4, 3, 2],
         "groups": 4,
         "per": "layer",
         "target": "pynq-z2",
         "seed": 0,
+        "restarts": 4,
         "search_seconds": 120.0,
         "force": False,
     }
 
-    def __init__(self, x: np.ndarray | None = None, *, progress: Callable[[str], None] | None = _stderr, **params) -> None:
-        """``progress`` receives one line per evaluation (stderr by default; None: silent)."""
+    def __init__(
+        self,
+        x: np.ndarray | None = None,
+        *,
+        progress: Callable[[str], None] | None = _stderr,
+        cost_setup: CostSetup | None = None,
+        **params,
+    ) -> None:
+        """``progress`` receives one line per evaluation (stderr by default; None: silent).
+        ``cost_setup`` holds the build's design options and type width, so candidates are costed
+        as the build will cost the result (default: the build's defaults)."""
+        for name, ok in (("progress", progress is None or callable(progress)),
+                         ("cost_setup", cost_setup is None or isinstance(cost_setup, CostSetup))):
+            if not ok:  # a spec key that is not a parameter lands here: say so as with_defaults does
+                raise OptionError(f"--quantize mixed: unknown parameter(s) {name}", hint=f"mixed takes: {', '.join(self.PARAMS)}")
         super().__init__(x, **params)
         self.progress = progress
+        self.cost_setup = cost_setup or CostSetup()
 
     def check_params(self) -> None:
         p = self.params
@@ -190,6 +266,7 @@ class MixedPrecision(QuantizationPass):
             raise OptionError(f"--quantize mixed: per={per} must be 'layer' or 'channel'")
         self.per = "channel" if self.granularity == "kernel" else per
         self.seed = self.int_param("seed", 0, 2**32 - 1)
+        self.restarts = self.int_param("restarts", 0, 1000)
         try:
             self.search_seconds = float(p["search_seconds"])
         except (TypeError, ValueError):
@@ -215,7 +292,7 @@ class MixedPrecision(QuantizationPass):
         if self.x is None:
             raise DataError("--quantize mixed needs data to measure accuracy on", hint="pass --data (or let edgec draw random inputs)")
         self.record.mode = "post-training mixed precision"
-        helper_pass = self._fixed_pass(None)
+        helper_pass = self._fixed_pass(None, self.candidates[0])
         prepared = helper_pass._fold_batchnorm(model)
         self.record.notes.extend(helper_pass.record.notes)
         self._prepared = prepared
@@ -229,63 +306,106 @@ class MixedPrecision(QuantizationPass):
         self._reference = model_outputs(model, self._x_eval).argmax(-1) if self._y_eval is None else None
         self.baseline = self._metric(model)
         self._cache: dict[tuple[int, ...], Point] = {}
-        self._models: dict[tuple[int, ...], ModelWrapper] = {}
         self._points: list[Point] = []
+        self._descents: list[_Descent] = []
+        self._path: list[Point] = []
+        self._rng = np.random.default_rng(self.seed)
         self._deadline = started + self.search_seconds
         self._out_of_time = False
-        path, uniform = self._search()
-        feasible = [p for p in self._points if p.feasible]
+        try:
+            self._search()
+        except _OutOfTime:
+            self._out_of_time = True
+        if self._descents and self._descents[-1].end is None:  # cut short by the time budget
+            last = self._descents[-1]
+            last.end = last.steps[-1] if last.steps else last.start
+        uniform = [self._cache[self._uniform(bits)] for bits in self.candidates if self._uniform(bits) in self._cache]
         notes = self.record.notes
-        if feasible:
-            chosen = min(feasible, key=lambda p: (p.objective, -p.accuracy, p.index))
-        else:
-            chosen = self._cache[tuple(self.candidates[0] for _ in self.units)]
-            notes.append(f"no evaluated width assignment keeps the drop within {self.max_drop:g} points "
-                         f"(all at {self.candidates[0]} bits: {chosen.drop:.2f}): returned the widest")
+        chosen, check = self._choose(uniform)
         if self._out_of_time:
             notes.append(f"search_seconds={self.search_seconds:g} reached after {len(self._points)} evaluations: "
-                         "returned the best feasible point found so far (the greedy search had not finished)")
+                         "returned the best feasible point found so far (the search had not finished)")
         final = self._quantized(chosen.widths)
-        widest = self._cache[tuple(self.candidates[0] for _ in self.units)]
+        widest = uniform[0]
         self.record.layers = self._last_fixed.record.layers
         self.record.quantizers = self._last_fixed.record.quantizers
         notes.extend(n for n in self._last_fixed.record.notes if n not in notes)
         summary = ", ".join(f"{u.label}={b}" for u, b in zip(self.units, chosen.widths, strict=True))
+        best_uniform = self._best([p for p in uniform if p.feasible])
+        versus = f"best feasible uniform: {best_uniform.widths[0]} bit, {best_uniform.objective:g}" if best_uniform else "no uniform width is feasible"
         notes.append(
-            f"chose {summary}: {self.objective} {chosen.objective:g} (uniform {self.candidates[0]} bit: {widest.objective:g}), "
+            f"chose {summary}: {self.objective} {chosen.objective:g} ({versus}; uniform {self.candidates[0]} bit: {widest.objective:g}), "
             f"{self._metric_name()} {chosen.accuracy:.4f} ({chosen.drop:+.2f} points below float {self.baseline:.4f}) "
-            f"after {len(self._points)} evaluations"
+            f"after {len(self._points)} evaluations ({sum(p.costed for p in self._points)} costed)"
         )
-        notes.append(f"costs: edgec.estimate on {self.params['target']} (calibrated on {COST_SAMPLES} samples; types come from the quantizers)")
+        notes.append(f"costs: edgec.estimate on {self.params['target']} (search calibrated on {COST_SAMPLES} samples; the chosen point "
+                     f"re-costed on the build's calibration data: {'same figures' if check['agrees'] else 'figures differ, reported as re-costed'})")
         if self.granularity == "kernel":
             notes.append("per-kernel widths: one weight quantizer per layer at its widest kernel's width, per-channel scales fitted to each "
                          "kernel's width (qonnx Quant takes a scalar bit width); LUT/DSP see each constant, energy per product and "
                          "accumulators use the layer's widest width")
         self.record.extra["search"] = {
             "objective": self.objective,
+            "secondary": SECONDARY[self.objective],
             "granularity": self.granularity,
             "candidates": list(self.candidates),
             "metric": self._metric_name(),
             "baseline": round(self.baseline, 6),
             "max_drop": self.max_drop,
             "target": str(self.params["target"]),
-            "units": [{"label": u.label, "layer": u.layer, "channels": list(u.channels)} for u in self.units],
+            "seed": self.seed,
+            "units": [u.as_dict() for u in self.units],
             "evaluations": len(self._points),
+            "costed": sum(p.costed for p in self._points),
             "seconds": round(time.perf_counter() - started, 3),
             "stopped": "time budget" if self._out_of_time else "converged",
             "chosen": chosen.as_dict(self.units),
+            "cost_check": check,
             "uniform": [p.as_dict(self.units) for p in uniform],
-            "path": [p.as_dict(self.units) for p in path],
+            "path": [p.as_dict(self.units) for p in self._path],
+            "local_searches": [
+                {"phase": d.phase, "start": d.start.as_dict(self.units), "end": d.end.as_dict(self.units), "steps": len(d.steps)}
+                for d in self._descents if d.end is not None
+            ],
             "frontier": [p.as_dict(self.units) for p in pareto_frontier(self._points)],
+            "explored_columns": ["eval", "phase", "widths", self._metric_name(), "objective", "feasible"],
+            "explored": [p.compact() for p in self._points],
         }
         return final
 
+    def _choose(self, uniform: list[Point]) -> tuple[Point, dict]:
+        """The best feasible costed point, its figures re-costed on the build's calibration data
+        (the best feasible uniform point too, so the result is never worse than it)."""
+        feasible = [p for p in self._points if p.feasible and p.costed]
+        if not feasible:
+            chosen = uniform[0]
+            self.record.notes.append(f"no evaluated width assignment keeps the drop within {self.max_drop:g} points "
+                                     f"(all at {self.candidates[0]} bits: {chosen.drop:.2f}): returned the widest")
+            feasible = [chosen]
+        chosen = self._best(feasible)
+        contenders = [chosen]
+        best_uniform = self._best([p for p in uniform if p.feasible])
+        if best_uniform is not None and best_uniform is not chosen:
+            contenders.append(best_uniform)
+        check = {"build_samples": int(min(len(self.x), 128)), "search_samples": COST_SAMPLES, "agrees": True, "changed": []}
+        for point in contenders:
+            before = dict(point.costs)
+            self._set_costs(point, self._estimate(self._quantized(point.widths), self.x))
+            if point.costs != before:
+                check["agrees"] = False
+                check["changed"].append({"eval": point.index, "search": before, "build": dict(point.costs)})
+        chosen = self._best(contenders)
+        return chosen, check
+
+    @staticmethod
+    def _best(points: list[Point]) -> Point | None:
+        return min(points, key=lambda p: (*p.rank(), p.index)) if points else None
+
     # -- units, candidates and their evaluation --------------------------------------------------
 
-    def _fixed_pass(self, layer_bits: dict | None) -> FixedPointQuantization:
-        top = self.candidates[0]
+    def _fixed_pass(self, layer_bits: dict | None, output_bits: int) -> FixedPointQuantization:
         ranges = getattr(self, "_ranges", None)
-        return FixedPointQuantization(self.x, layer_bits=layer_bits, ranges=ranges, bits=top, act_bits=top, per=self.per)
+        return FixedPointQuantization(self.x, layer_bits=layer_bits, ranges=ranges, bits=self.candidates[0], act_bits=output_bits, per=self.per)
 
     def _make_units(self) -> list[Unit]:
         units = []
@@ -299,21 +419,49 @@ class MixedPrecision(QuantizationPass):
             order = np.argsort(spread, kind="stable")  # narrowest range first
             for k, group in enumerate(np.array_split(order, min(self.groups, channels))):
                 units.append(Unit(f"{ref.name}/g{k}", ref.name, tuple(sorted(int(c) for c in group))))
+        tensors = self._output_tensors(units)
+        if tensors:
+            taken = {u.label for u in units}
+            label = OUTPUT_LABEL
+            while label in taken:
+                label = f"({label})"
+            units.append(Unit(label, None, (), tensors))
         return units
 
-    def _layer_bits(self, widths: tuple[int, ...]) -> dict[str, int | list[int]]:
+    def _output_tensors(self, layer_units: list[Unit]) -> tuple[str, ...]:
+        """The activation quantizers no layer reads (their width is ``act_bits``): found by
+        quantizing twice with every layer at the widest width and two output widths."""
+        top = self.candidates[0]
+        other = top - 1 if top > 2 else top + 1
+        layer_bits = {u.layer: top for u in layer_units}
+        found = []
+        for bits in (top, other):
+            fixed = self._fixed_pass(layer_bits, bits)
+            self._prepared.transform(fixed)
+            found.append(fixed.record.quantizers)
+        return tuple(t for t in found[0] if found[0][t] != found[1].get(t))
+
+    def _uniform(self, bits: int) -> tuple[int, ...]:
+        return tuple(bits for _ in self.units)
+
+    def _layer_bits(self, widths: tuple[int, ...]) -> tuple[dict[str, int | list[int]], int]:
         per_channel: dict[str, dict[int, int]] = {}
+        output_bits = self.candidates[0]
         for unit, bits in zip(self.units, widths, strict=True):
+            if unit.layer is None:
+                output_bits = int(bits)
+                continue
             for c in unit.channels:
                 per_channel.setdefault(unit.layer, {})[c] = int(bits)
         out: dict[str, int | list[int]] = {}
         for layer, channels in per_channel.items():
             values = [channels[c] for c in sorted(channels)]
             out[layer] = values[0] if len(set(values)) == 1 else values
-        return out
+        return out, output_bits
 
     def _quantized(self, widths: tuple[int, ...]) -> ModelWrapper:
-        fixed = self._fixed_pass(self._layer_bits(widths))
+        layer_bits, output_bits = self._layer_bits(widths)
+        fixed = self._fixed_pass(layer_bits, output_bits)
         model = self._prepared.transform(fixed)
         self._last_fixed = fixed
         return model
@@ -326,105 +474,216 @@ class MixedPrecision(QuantizationPass):
         target = self._y_eval if self._y_eval is not None else self._reference
         return float(np.mean(predicted == target))
 
-    def _evaluate(self, widths: tuple[int, ...]) -> Point | None:
-        """The point of ``widths`` (cached); None once the time budget is spent."""
-        if widths in self._cache:
-            return self._cache[widths]
-        if time.perf_counter() >= self._deadline:
-            self._out_of_time = True
-            return None
+    def _estimate(self, model: ModelWrapper, x: np.ndarray) -> dict:
+        """LUT/DSP/FF/BRAM, latency and energy of ``model``'s design, as the build would configure it."""
         from edgec.estimate import estimate
 
-        model = self._quantized(widths)
-        accuracy = self._metric(model)
-        report = estimate(model.model, target=str(self.params["target"]), data=(self.x[:COST_SAMPLES], None))
+        report = estimate(model.model, target=str(self.params["target"]), data=(x, None), options=self.cost_setup.options, width=self.cost_setup.width)
         totals = report["totals"]
         res = totals["resources"]
-        drop = (self.baseline - accuracy) * 100.0
-        point = Point(
-            widths=widths, accuracy=accuracy, drop=drop, objective=_objective_value(totals, self.objective),
-            lut=int(res["lut"]), dsp=int(res["dsp"]), ff=int(res["ff"]), bram18=int(res["bram18"]),
-            latency_us=float(totals["latency_us"]), energy_uj=float(totals["energy_uj"]),
-            feasible=drop <= self.max_drop + 1e-9, index=len(self._points) + 1,
-        )
-        self._cache[widths] = point
-        self._points.append(point)
+        return {
+            "lut": int(res["lut"]), "dsp": int(res["dsp"]), "ff": int(res["ff"]), "bram18": int(res["bram18"]),
+            "latency_us": round(float(totals["latency_us"]), 6), "energy_uj": round(float(totals["energy_uj"]), 9),
+        }
+
+    def _set_costs(self, point: Point, costs: dict) -> None:
+        point.costs = costs
+        point.objective = _cost_value(costs, self.objective)
+        point.secondary = _cost_value(costs, SECONDARY[self.objective])
+
+    def _evaluate(self, widths: tuple[int, ...], phase: str, need_cost: bool = False, always: bool = False) -> Point:
+        """The point of ``widths`` (cached): accuracy, and costs when it is feasible (or ``need_cost``).
+        Raises _OutOfTime once the time budget is spent (``always``: evaluate anyway)."""
+        point = self._cache.get(widths)
+        if point is not None and (point.costed or not (point.feasible or need_cost)):
+            return point
+        if not always and time.perf_counter() >= self._deadline:
+            raise _OutOfTime
+        model = self._quantized(widths)
+        fresh = point is None
+        if point is None:
+            accuracy = self._metric(model)
+            drop = (self.baseline - accuracy) * 100.0
+            point = Point(widths=widths, accuracy=accuracy, drop=drop, feasible=drop <= self.max_drop + EPSILON,
+                          index=len(self._points) + 1, phase=phase)
+            self._cache[widths] = point
+            self._points.append(point)
+        if point.feasible or need_cost:
+            self._set_costs(point, self._estimate(model, self.x[:COST_SAMPLES]))
         if self.progress is not None:
-            self.progress(
-                f"mixed: eval {point.index}, widths {'/'.join(str(b) for b in widths)}, drop {drop:.2f} pt, "
-                f"LUT {point.lut}, DSP {point.dsp}, {point.latency_us:g} us, {point.energy_uj:.4g} uJ"
-                + ("" if point.feasible else " (over max_drop)")
-            )
+            line = f"mixed: {'eval' if fresh else 'cost of eval'} {point.index} ({phase}), widths {'/'.join(str(b) for b in widths)}, drop {point.drop:.2f} pt"
+            if point.costs is not None:
+                c = point.costs
+                line += f", LUT {c['lut']}, DSP {c['dsp']}, {c['latency_us']:g} us, {c['energy_uj']:.4g} uJ"
+            if not point.feasible:
+                line += " (over max_drop" + ("" if point.costed else "; not costed") + ")"
+            self.progress(line)
         return point
 
-    # -- the greedy search -----------------------------------------------------------------------
+    def _better(self, child: Point, current: Point) -> bool:
+        return child.feasible and child.costed and child.rank() < current.rank()
 
-    def _secondary(self, point: Point) -> float:
-        return point.energy_uj if self.objective == "luts" else float(point.lut)
+    # -- the search ------------------------------------------------------------------------------
+
+    def _search(self) -> None:
+        """The phases of the module docstring; the points land in ``self._points``."""
+        top = self._evaluate(self._uniform(self.candidates[0]), "uniform", need_cost=True, always=True)
+        self._path = [top]
+        for bits in self.candidates[1:]:
+            self._evaluate(self._uniform(bits), "uniform", need_cost=True)
+        uniform = [self._cache[self._uniform(bits)] for bits in self.candidates]
+        starts: list[tuple[str, Point]] = []
+        best_uniform = self._best([p for p in uniform if p.feasible])
+        if best_uniform is not None:
+            starts.append(("local from best uniform", best_uniform))
+        if len(self.candidates) == 1:
+            return
+        if top.feasible:
+            self._greedy(top)
+            starts.append(("local from greedy", self._path[-1]))
+        infeasible = [p for p in uniform if not p.feasible and p is not top]
+        if infeasible and best_uniform is not None:
+            repaired = self._ascend(infeasible[0], "ascent")
+            if repaired is not None:
+                starts.append(("local from ascent", repaired))
+        seen: set[tuple[int, ...]] = set()
+        for phase, start in starts:
+            if start.widths not in seen:
+                seen.add(start.widths)
+                self._descend(start, phase)
+        for _ in range(self.restarts):
+            incumbent = self._best([p for p in self._points if p.feasible and p.costed])
+            if incumbent is None:
+                return
+            start = self._perturbed(incumbent, seen)
+            if start is None:
+                return
+            seen.add(start.widths)
+            if not start.feasible:
+                start = self._ascend(start, "restart")
+                if start is None or start.widths in seen:
+                    continue
+                seen.add(start.widths)
+            self._descend(start, "restart")
+
+    def _step(self, widths: tuple[int, ...], unit: int, delta: int) -> tuple[int, ...] | None:
+        """``widths`` with ``unit`` moved ``delta`` steps along the candidates (+: narrower), or None off the end."""
+        step = self.candidates.index(widths[unit]) + delta
+        if not 0 <= step < len(self.candidates):
+            return None
+        return widths[:unit] + (self.candidates[step],) + widths[unit + 1 :]
 
     def _score(self, current: Point, child: Point, scale: tuple[float, float]) -> float:
         """Cost saving per accuracy point lost of moving from ``current`` to ``child`` (-inf: not a move to make)."""
-        if not child.feasible:
+        if not child.feasible or not child.costed:
             return -math.inf
-        saving = (current.objective - child.objective) / scale[0] + TIE_WEIGHT * (self._secondary(current) - self._secondary(child)) / scale[1]
+        saving = (current.objective - child.objective) / scale[0] + TIE_WEIGHT * (current.secondary - child.secondary) / scale[1]
         if saving <= 0:
             return -math.inf
         loss = max(child.drop - current.drop, 0.0)
         resolution = 100.0 / max(len(self._x_eval), 1)  # one sample, in points
         return saving / (loss + 0.5 * resolution)
 
-    def _lowered(self, widths: tuple[int, ...], unit: int) -> tuple[int, ...] | None:
-        step = self.candidates.index(widths[unit])
-        if step + 1 >= len(self.candidates):
-            return None
-        return widths[:unit] + (self.candidates[step + 1],) + widths[unit + 1 :]
-
-    def _search(self) -> tuple[list[Point], list[Point]]:
-        """Run the greedy search; returns its accepted path and the uniform points."""
+    def _greedy(self, start: Point) -> None:
+        """Sensitivity-guided descent from the widest point (the accepted moves go to ``self._path``)."""
         n = len(self.units)
-        start = self._evaluate(tuple(self.candidates[0] for _ in range(n)))
-        assert start is not None  # the first evaluation always runs
-        uniform = [start]
-        for bits in self.candidates[1:]:
-            point = self._evaluate(tuple(bits for _ in range(n)))
-            if point is None:
-                return [start], uniform
-            uniform.append(point)
-        scale = (max(abs(start.objective), 1e-12), max(abs(self._secondary(start)), 1e-12))
-        order = {int(u): rank for rank, u in enumerate(np.random.default_rng(self.seed).permutation(n))}
-        current, path = start, [start]
+        scale = (max(abs(start.objective), 1e-12), max(abs(start.secondary), 1e-12))
+        order = {int(u): rank for rank, u in enumerate(self._rng.permutation(n))}
+        current = start
         version = 0
         scores: dict[int, tuple[float, int]] = {}  # unit -> (score, version it was measured at)
+
+        def measure(u: int) -> None:
+            child = self._evaluate(self._step(current.widths, u, 1), "greedy")
+            scores[u] = (self._score(current, child, scale), version)
+
         while True:
-            movable = [u for u in range(n) if self._lowered(current.widths, u) is not None]
+            movable = [u for u in range(n) if self._step(current.widths, u, 1) is not None]
             if not movable:
-                break
+                return
             for u in movable:  # sensitivity of every unit not measured yet
                 if u not in scores:
-                    child = self._evaluate(self._lowered(current.widths, u))
-                    if child is None:
-                        return path, uniform
-                    scores[u] = (self._score(current, child, scale), version)
+                    measure(u)
             ranked = sorted(movable, key=lambda u: (-scores[u][0], order[u]))
             best = ranked[0]
             if scores[best][1] != version:  # stale: re-measure in the current configuration
-                child = self._evaluate(self._lowered(current.widths, best))
-                if child is None:
-                    return path, uniform
-                scores[best] = (self._score(current, child, scale), version)
+                measure(best)
                 continue
             if scores[best][0] == -math.inf:
                 stale = [u for u in movable if scores[u][1] != version]
                 if not stale:
-                    break  # no move saves cost within the budget
+                    return  # no move saves cost within the budget
                 for u in stale:  # re-measure every remaining move before giving up
-                    child = self._evaluate(self._lowered(current.widths, u))
-                    if child is None:
-                        return path, uniform
-                    scores[u] = (self._score(current, child, scale), version)
+                    measure(u)
                 continue
-            current = self._cache[self._lowered(current.widths, best)]
-            path.append(current)
+            current = self._cache[self._step(current.widths, best, 1)]
+            self._path.append(current)
             version += 1
             del scores[best]  # its next step is a different move: measured afresh
-        return path, uniform
+
+    def _ascend(self, start: Point, phase: str) -> Point | None:
+        """Raise one unit a step at a time (the one recovering the most accuracy; among feasible
+        raises the best ranked) until the point is feasible; None if it cannot be repaired."""
+        current = start
+        order = {int(u): rank for rank, u in enumerate(self._rng.permutation(len(self.units)))}
+        while not current.feasible:
+            children = []
+            for u in sorted(range(len(self.units)), key=order.get):
+                widths = self._step(current.widths, u, -1)
+                if widths is not None:
+                    children.append(self._evaluate(widths, phase))
+            if not children:
+                return None
+            feasible = [c for c in children if c.feasible and c.costed]
+            current = self._best(feasible) if feasible else max(children, key=lambda c: c.accuracy)  # first on ties: seeded order
+        return current
+
+    def _moves(self, widths: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Neighbours of ``widths`` in the order local search tries them (seeded)."""
+        n = len(self.units)
+        lowers = [self._step(widths, int(u), 1) for u in self._rng.permutation(n)]
+        raises = [self._step(widths, int(u), -1) for u in self._rng.permutation(n)]
+        pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
+        if len(pairs) > MAX_PAIR_MOVES:
+            pairs = [pairs[k] for k in sorted(self._rng.choice(len(pairs), size=MAX_PAIR_MOVES, replace=False))]
+        swaps = []
+        for k in self._rng.permutation(len(pairs)):
+            i, j = pairs[int(k)]
+            lowered = self._step(widths, i, 1)
+            swapped = self._step(lowered, j, -1) if lowered is not None else None
+            swaps.append(swapped)
+        return [w for w in lowers + swaps + raises if w is not None]
+
+    def _descend(self, start: Point, phase: str) -> Point:
+        """First-improvement local search from ``start`` (feasible and costed); returns the local optimum."""
+        descent = _Descent(phase, start)
+        self._descents.append(descent)
+        current = start
+        improved = True
+        while improved:
+            improved = False
+            for widths in self._moves(current.widths):
+                child = self._evaluate(widths, "local" if phase != "restart" else "restart")
+                if self._better(child, current):
+                    current = child
+                    descent.steps.append(child)
+                    improved = True
+                    break
+        descent.end = current
+        return current
+
+    def _perturbed(self, incumbent: Point, seen: set[tuple[int, ...]], attempts: int = 20) -> Point | None:
+        """A seeded random neighbourhood of ``incumbent`` (one to all units moved one or two steps)
+        not searched from yet; None when none is found in ``attempts`` draws."""
+        n = len(self.units)
+        last = len(self.candidates) - 1
+        for _ in range(attempts):
+            count = int(self._rng.integers(1, n + 1))
+            widths = list(incumbent.widths)
+            for u in self._rng.choice(n, size=count, replace=False):
+                step = self.candidates.index(widths[int(u)]) + int(self._rng.choice([-2, -1, 1, 2]))
+                widths[int(u)] = self.candidates[min(max(step, 0), last)]
+            key = tuple(widths)
+            if key != incumbent.widths and key not in seen:
+                return self._evaluate(key, "restart")
+        return None

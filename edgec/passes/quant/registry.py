@@ -92,7 +92,8 @@ def quant_pass_class(method: str) -> type[QuantizationPass]:
 
 
 def run_quantization(
-    model: ModelWrapper, specs: list, x: np.ndarray | None, y: np.ndarray | None, defaults: dict | None = None
+    model: ModelWrapper, specs: list, x: np.ndarray | None, y: np.ndarray | None, defaults: dict | None = None,
+    pass_arguments: dict | None = None,
 ) -> tuple[ModelWrapper, list[dict]]:
     """Run the quantization specs in order on ``model`` (as loaded: the model's own layout).
 
@@ -101,8 +102,10 @@ def run_quantization(
     calibrate on deterministic random inputs (edgec's usual verification inputs) and agreement is
     measured on those. Every spec is checked before any runs (unknown method or parameter:
     :class:`edgec.errors.OptionError`). ``defaults`` fill parameters a pass accepts but the spec
-    does not give (the build passes its target this way). Returns the quantized model and one
-    record per pass.
+    does not give (the build passes its target this way). ``pass_arguments`` are keyword arguments
+    (not spec parameters) given to every pass whose constructor takes them (the build gives the
+    mixed search its design options as ``cost_setup``). Returns the quantized model and one record
+    per pass.
     """
     parsed = [parse_quant_spec(spec) for spec in specs]
     for method, params in parsed:
@@ -117,7 +120,13 @@ def run_quantization(
         x, description = random_inputs(model)
         y = None
         notes.append(f"no data given: calibrated and measured on {description}")
-    passes = [quant_pass_class(method)(x, y=y, **params) for method, params in parsed]
+    def constructor_arguments(cls) -> dict:
+        import inspect
+
+        accepted = inspect.signature(cls.__init__).parameters
+        return {k: v for k, v in (pass_arguments or {}).items() if k in accepted}
+
+    passes = [quant_pass_class(method)(x, y=y, **constructor_arguments(quant_pass_class(method)), **params) for method, params in parsed]
     metrics = PruneContext(x, y)
     metrics.set_reference(model)
     records = []
