@@ -250,7 +250,9 @@ class ExactRequantization(Transformation):
         chain = []
         tensor = q_node.input[0]
         producer = model.find_producer(tensor)
-        while producer is not None and producer.op_type in CHAIN_OPS:
+        # an intermediate quantizer (onnxruntime's unfused MatMul -> QDQ -> bias Add) is one more step of
+        # the chain: the chain is evaluated as the model computes it, so its rounding is in the level table
+        while producer is not None and (producer.op_type in CHAIN_OPS or (producer.op_type == "Quant" and _quant_params(model, producer) is not None)):
             if single_consumer(model, producer.output[0]) is None:
                 return False
             consts = [i for i in producer.input[1:] if model.get_initializer(i) is not None]
