@@ -108,10 +108,16 @@ def _pass_decisions(passes: list[dict]) -> list[str]:
     return lines
 
 
-def bit_exactness(reference: np.ndarray, simulated: np.ndarray, output_precision: str, quantized: bool) -> dict:
+def bit_exactness(reference: np.ndarray, simulated: np.ndarray, output_precision: str, quantized: bool,
+                  output_step: float | None = None) -> dict:
     """For a quantized model: whether the C-simulation equals the quantized reference (same argmax
-    on every sample, every output within one LSB of the output type) and the largest error in
-    LSBs. None for float models, whose reference is not on any fixed-point grid."""
+    on every sample, every output within one LSB) and the largest error in LSBs. None for float
+    models, whose reference is not on any fixed-point grid.
+
+    The LSB is the output type's, or, when the model's output is a quantizer with a coarser (float)
+    step ``output_step`` (onnxruntime QDQ logits), that step: the model's own output grid. Values
+    on a float-scaled grid are not exact in fixed point, so there the tolerance is one step plus
+    one LSB of the type they are written in (hls4ml truncates into it)."""
     import re
 
     if not quantized:
@@ -119,10 +125,26 @@ def bit_exactness(reference: np.ndarray, simulated: np.ndarray, output_precision
     match = re.search(r"fixed<\s*(\d+)\s*,\s*(-?\d+)", output_precision)
     if match is None:
         return {"bit_exact": None, "max_lsb_error": None}
-    lsb = 2.0 ** -(int(match.group(1)) - int(match.group(2)))
-    max_lsb = float(np.max(np.abs(reference - simulated)) / lsb) if reference.size else 0.0
+    type_lsb = 2.0 ** -(int(match.group(1)) - int(match.group(2)))
+    lsb, tolerance = type_lsb, type_lsb
+    if output_step is not None and output_step > type_lsb:
+        lsb, tolerance = output_step, output_step + type_lsb
+    error = float(np.max(np.abs(reference - simulated))) if reference.size else 0.0
     same_argmax = bool(np.all(reference.argmax(-1) == simulated.argmax(-1)))
-    return {"bit_exact": bool(same_argmax and max_lsb <= 1.0 + 1e-9), "max_lsb_error": round(max_lsb, 4), "output_lsb": lsb}
+    result = {"bit_exact": bool(same_argmax and error <= tolerance * (1 + 1e-9)), "max_lsb_error": round(error / lsb, 4), "output_lsb": lsb}
+    if lsb != type_lsb:
+        result["lsb_of"] = "the model's output quantizer (its float scale)"
+        result["tolerance_lsb"] = round(tolerance / lsb, 6)
+    return result
+
+
+def output_quantizer_step(model) -> float | None:
+    """The step of the quantizer that produces the model's output (a scalar scale), if one does."""
+    producer = model.find_producer(model.graph.output[0].name)
+    if producer is None or producer.op_type != "Quant":
+        return None
+    scale = model.get_initializer(producer.input[1])
+    return float(np.asarray(scale).reshape(-1)[0]) if scale is not None and np.size(scale) == 1 else None
 
 
 @dataclass
@@ -286,9 +308,9 @@ def _render_bundle(staging: Path, segments_meta: list[dict], tgt, model_name: st
     return {"folder": "deploy", "files": sorted(str(path.relative_to(staging)) for path in written)}
 
 
-def _bit_exactness_of(last: PlannedSegment, project, reference: np.ndarray, simulated: np.ndarray, quantized: bool) -> dict:
+def _bit_exactness_of(last: PlannedSegment, project, reference: np.ndarray, simulated: np.ndarray, quantized: bool, model) -> dict:
     if last.segment.placement == "fpga":
-        return bit_exactness(reference, simulated, project.layers[-1].precision.get("result", ""), quantized)
+        return bit_exactness(reference, simulated, project.layers[-1].precision.get("result", ""), quantized, output_quantizer_step(model))
     if not quantized:
         return {"bit_exact": None, "max_lsb_error": None}
     return {"bit_exact": None, "max_lsb_error": None, "note": "the last segment runs in float32 on the CPU (TVM): no fixed-point grid to be exact on"}
@@ -464,7 +486,7 @@ def build(
         verification = {"reference": reference_name, "data": data_desc, **compare(reference, simulated, y, resolution)}
         verification["simulated_by"] = " -> ".join("C simulation" if p.segment.placement == "fpga" else "TVM host build" for p in planned)
         verification["min_agreement"] = min_agreement
-        verification.update(_bit_exactness_of(last, projects.get(last.segment.index), reference, simulated, loaded.is_qonnx))
+        verification.update(_bit_exactness_of(last, projects.get(last.segment.index), reference, simulated, loaded.is_qonnx, loaded.model))
         verification["first_divergence"] = None
         if verification["decisive_agreement"] < min_agreement:
             if single_fpga:
