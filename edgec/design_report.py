@@ -19,6 +19,7 @@ from edgec.cost.design import DesignCost, LayerCost, estimate_design
 from edgec.cost.layer import LayerConfig
 from edgec.cost.system import system_totals, transfer_cost
 from edgec.estimate import cost_layers, cost_sections
+from edgec.passes.prune.common import prunable_layers
 
 # The metric a layer's form is chosen by: energy per inference, which weighs both the arithmetic
 # and the memory traffic a sparse form changes (the report also gives cycles and resources).
@@ -81,6 +82,8 @@ def _break_even_fields(layer: LayerConfig | None, ratio: float | None, target, d
         "reason": reason,
         "below_break_even": chosen.ratio is not None and 0 < ratio < chosen.ratio,
     }
+    if placement == "cpu":
+        row["measured_host_break_even"] = _measured_cpu_break_even(layer)
     fields = {
         "implementation": implementation,
         "pruning_ratio": round(ratio, 4),
@@ -90,11 +93,29 @@ def _break_even_fields(layer: LayerConfig | None, ratio: float | None, target, d
     return fields, row
 
 
-def _cpu_layer_config(model, node, entry: dict) -> tuple[LayerConfig | None, float | None]:
-    """A CPU node as the break-even model sees it (Dense/Conv with constant weights), and its ratio."""
+def _measured_cpu_break_even(layer: LayerConfig) -> dict | None:
+    """r* measured on this machine for the layer's shape (edgec.cost.break_even's C benchmark: a
+    SIMD dense kernel against CSR), beside the modelled one, which describes edgec's own dense CPU
+    code (untuned TVM) on the board. A machine without a C compiler gets None."""
+    from edgec.cost.break_even import measure_cpu_break_even
+    from edgec.errors import ToolchainError
+
+    try:
+        measured = measure_cpu_break_even(layer.n_out, layer.n_in, max(1, layer.positions), repeats=3)
+    except ToolchainError:
+        return None
+    return {"ratio": None if measured["break_even_ratio"] is None else round(measured["break_even_ratio"], 4),
+            "machine": measured["cpu_model"], "kernels": "SIMD dense (C, gcc -O3) vs CSR on the build host, not the board"}
+
+
+def _cpu_layer_config(model, node, weights: dict) -> tuple[LayerConfig | None, float | None]:
+    """A CPU node as the break-even model sees it (Dense/Conv with constant weights, read through a
+    weight quantizer: ``weights`` maps node names to the values the layer multiplies by), and its ratio."""
     if node.op_type not in ("MatMul", "Gemm", "Conv") or len(node.input) < 2:
         return None, None
-    weight = model.get_initializer(node.input[1])
+    weight = weights.get(node.name)
+    if weight is None:
+        weight = model.get_initializer(node.input[1])
     if weight is None:
         return None, None
     out_shape = model.get_tensor_shape(node.output[0]) or []
@@ -188,13 +209,14 @@ def cost_partitioned_design(planned: list, projects: dict, libraries: dict, targ
         else:
             costs = cpu_node_costs(seg.model, target.cpu)
             by_name = {n.name: n for n in seg.model.graph.node}
+            effective = {ref.node.name: ref.effective(seg.model) for ref in prunable_layers(seg.model)}
             latency = sum(c["latency_us"] for c in costs)
             energy = sum(c["energy_uj"] for c in costs)
             for c in costs:
                 node = by_name.get(c["name"])
                 shape_in = seg.model.get_tensor_shape(node.input[0]) if node is not None and node.input else None
                 shape_out = seg.model.get_tensor_shape(node.output[0]) if node is not None else None
-                config, ratio = _cpu_layer_config(seg.model, node, c) if node is not None else (None, None)
+                config, ratio = _cpu_layer_config(seg.model, node, effective) if node is not None else (None, None)
                 layer_entry = {
                     "name": c["name"], "op": c["op"], "inputs_shape": list(shape_in[1:]) if shape_in else [],
                     "outputs_shape": list(shape_out[1:]) if shape_out else [], "macs": int(c.get("macs") or 0),

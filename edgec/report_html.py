@@ -346,7 +346,9 @@ def render_html(report: dict) -> str:
         "break_even": [
             {"layer": row["layer"], "placement": row["placement"], "ratio": _pct(row.get("pruning_ratio")) or "-",
              **{m: ("never" if row["break_even"].get(m) is None else _pct(row["break_even"][m])) for m in ("energy", "cycles", "resources")},
-             "form": row.get("implementation") or "-", "reason": row.get("reason") or "", "flagged": bool(row.get("below_break_even"))}
+             "form": row.get("implementation") or "-", "reason": row.get("reason") or "", "flagged": bool(row.get("below_break_even")),
+             "measured": _pct((row.get("measured_host_break_even") or {}).get("ratio")) or "-",
+             "measured_title": (row.get("measured_host_break_even") or {}).get("kernels", "")}
             for row in partition.get("break_even") or []
         ],
         "title": f"edgec report: {model_name} on {target.get('name', '?')}",

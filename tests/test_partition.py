@@ -145,6 +145,10 @@ def test_layer_that_does_not_fit_goes_to_the_cpu(tmp_path):
     assert elf_machine(tmp_path / "wide" / "cpu" / "seg0_cpu.armv7a.so") == "ARM"
     big = next(layer for layer in report["layers"] if layer["name"] == "big_fc")
     assert big["placement"] == "cpu" and big["implementation"] == "cpu-dense" and big["break_even_ratio"] is not None
+    # the CPU layer's break-even row carries r* measured on this machine beside the modelled one
+    row = next(r for r in report["partition"]["break_even"] if r["layer"] == "big_fc")
+    assert set(row["break_even"]) == {"cycles", "resources", "energy"}
+    assert 0.0 < row["measured_host_break_even"]["ratio"] < 1.0
 
 
 def test_per_node_override_and_quantized_seams(tmp_path, data_dir):
