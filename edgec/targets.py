@@ -82,6 +82,7 @@ class Target:
     cpu: CpuSpec | None
     power: dict
     sources: list[str]
+    board_part: str | None = None  # Vivado board-file pattern (get_board_parts), used by the deploy bundle when installed
 
     @property
     def has_fpga(self) -> bool:
@@ -175,6 +176,7 @@ def load_target(name_or_path: str) -> Target:
         cpu=cpu,
         power=raw.get("power", {}) or {},
         sources=list(raw.get("sources", [])),
+        board_part=fpga.get("board_part") if fpga else None,
     )
 
 

@@ -79,16 +79,6 @@ PROCESSING_SYSTEMS = {
         "port_clocks": ["maxihpm0_fpd_aclk", "saxihp0_fpd_aclk"],
     },
 }
-# Vivado board files (board_part) per target, matched with get_board_parts so any installed
-# version works; used only when installed (PYNQ configures the PS at boot, so the bare part is
-# enough for an overlay). Names from the vendors' board stores: TUL pynq-z2 (as hls4ml's pynq-z2
-# script uses it), Xilinx zcu104 and kv260_som, Avnet ultra96v2.
-BOARD_PART_PATTERNS = {
-    "pynq-z2": "*:pynq-z2:*",
-    "zcu104": "*:zcu104:*",
-    "kv260": "*:kv260_som:*",
-    "ultra96v2": "*:ultra96v2:*",
-}
 # hls4ml's clock uncertainty defaults (vitis_backend.py 27%, vivado_backend.py 12.5%), used when
 # the project does not state one.
 DEFAULT_CLOCK_UNCERTAINTY = {"vitis": "27%", "vivado": "12.5%"}
@@ -452,7 +442,7 @@ def render_bundle(build_dir: Path, segments: list[BundleSegment], target: Target
         ps = PROCESSING_SYSTEMS.get(str(target.family))
         if ps is None:
             raise BundleError(f"target '{target.name}' ({target.family}) has no Zynq processing system to run the PYNQ driver",
-                              hint=f"deploy to a Zynq board: {', '.join(sorted(BOARD_PART_PATTERNS))}")
+                              hint="deploy to a Zynq board (pynq-z2, zcu104, ultra96v2, kv260)")
 
     deploy = build_dir / DEPLOY_DIR
     if deploy.exists():
@@ -482,7 +472,7 @@ def render_bundle(build_dir: Path, segments: list[BundleSegment], target: Target
         dma = {"mm_bits": max(32, pspl_bits), "length_width": DMA_LENGTH_WIDTH, "burst": DMA_BURST_BEATS}
         write(f"vivado_{overlay}.tcl", render("deploy/vivado_overlay.tcl.j2", edgec_version=version, model_name=overlay, overlay=overlay,
                                               target=target.name, part=target.part, family=target.family, ps=ps, clock_mhz_text=f"{target.clock_mhz:g}",
-                                              board_pattern=BOARD_PART_PATTERNS.get(target.name, ""), segments=fpga_contexts,
+                                              board_pattern=target.board_part or "", segments=fpga_contexts,
                                               hp_bits=pspl_bits, dma=dma, vendor=IP_VENDOR, library=IP_LIBRARY, ip_version=IP_VERSION))
         write("build.sh", render("deploy/build.sh.j2", edgec_version=version, overlay=overlay, segments=fpga_contexts,
                                  prefer_vivado_hls=all(c["backend"] == "vivado" for c in fpga_contexts)), executable=True)
