@@ -74,6 +74,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
     report = estimate(
         args.model, target=args.target, data=args.data, options=_design_options(args), width=args.width, prune=args.prune,
+        place=args.place, placement=_placement_overrides(args.place_node),
         progress=lambda line: print(line, file=sys.stderr, flush=True),  # stdout stays the report (pure JSON with --json)
     )
     if args.json:
@@ -202,6 +203,10 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--width", type=int, default=16, help="bit width of calibrated fixed-point types (default 16)")
     e.add_argument("--json", action="store_true", help="print only the JSON report (layers, totals, cost_model)")
     e.add_argument("--prune", action="append", metavar="METHOD[:key=value,...]", help="prune first (as in build)")
+    e.add_argument("--place", choices=["auto", "fpga", "cpu"], default="auto",
+                   help="as in build (auto: ops hls4ml lacks and layers that do not fit are costed on the board's CPU); "
+                        "fpga costs every op as hls4ml would implement it")
+    e.add_argument("--place-node", action="append", metavar="NODE=fpga|cpu", help="place one ONNX node (as in build)")
     _add_design_options(e)
     e.set_defaults(func=_cmd_estimate)
     s = sub.add_parser("simulate", help="run a build's C simulation on new inputs")

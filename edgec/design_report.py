@@ -169,19 +169,26 @@ def cost_partitioned_design(planned: list, projects: dict, libraries: dict, targ
         entry = {"index": seg.index, "name": seg.name, "placement": seg.placement, "nodes": seg.nodes,
                  "input_tensor": seg.input_tensor, "output_tensor": seg.output_tensor, "reasons": seg.reasons}
         if seg.placement == "fpga":
-            project = projects[seg.index]
+            project = projects.get(seg.index)  # None: an estimate, nothing lowered (the cost model's layers are reported)
             design = estimate_design(cost_layers(p.canonical.model, p.plan, p.plan.io_type, options), device, target.power)
             designs.append(design)
-            matched = _match_costs(project.layers, design.layers)
-            for hls, cost in zip(project.layers, matched):
-                layer_entry = {
-                    "name": hls.name if single_fpga else f"{seg.name}/{hls.name}", "op": hls.op, "inputs_shape": hls.input_shape, "outputs_shape": hls.output_shape,
+            if project is not None:
+                pairs = zip(project.layers, _match_costs(project.layers, design.layers))
+                entries = [({
+                    "name": hls.name, "op": hls.op, "inputs_shape": hls.input_shape, "outputs_shape": hls.output_shape,
                     "macs": hls.macs, "params": hls.params,
                     "precision": {k: hls.precision.get(k) for k in ("weight", "bias", "result", "accum")},
                     "strategy": hls.strategy, "reuse_factor": hls.reuse_factor, "onnx_tensor": hls.onnx_tensor,
                     "choice_reason": hls.choice_reason, **_layer_cost(cost, device.clock_ns),
-                    "placement": "fpga", "segment": seg.name,
-                }
+                }, cost) for hls, cost in pairs]
+            else:
+                from edgec.estimate import layer_report
+
+                entries = [(layer_report(cost, device.clock_ns), cost) for cost in design.layers]
+            for layer_entry, cost in entries:
+                if not single_fpga:
+                    layer_entry["name"] = f"{seg.name}/{layer_entry['name']}"
+                layer_entry.update({"placement": "fpga", "segment": seg.name})
                 fields, row = _break_even_fields(cost.layer if cost else None, cost.layer.sparsity if cost else None, target, device, "fpga")
                 layer_entry.update(fields)
                 if row is not None:
@@ -192,8 +199,12 @@ def cost_partitioned_design(planned: list, projects: dict, libraries: dict, targ
                     bottleneck_name = bottleneck_name or layer_entry["name"]
             for key, value in design.resources().items():
                 fpga_resources[key] += value
-            first_precision = project.layers[0].precision.get("result") if project.layers else None
-            last_precision = project.layers[-1].precision.get("result") if project.layers else None
+            if project is not None:
+                first_precision = project.layers[0].precision.get("result") if project.layers else None
+                last_precision = project.layers[-1].precision.get("result") if project.layers else None
+            else:  # the cost model's view: the first layer's input and the last layer's result widths
+                first_precision = f"{design.layers[0].layer.input_bits} bits" if design.layers else None
+                last_precision = f"{design.layers[-1].layer.result_bits} bits" if design.layers else None
             n_in = int(np.prod(seg.model.get_tensor_shape(seg.model.graph.input[0].name)[1:]))
             n_out = int(np.prod(seg.model.get_tensor_shape(seg.model.graph.output[0].name)[1:]))
             to_fpga = transfer_cost(n_in, "to_fpga", device.clock_ns, target.power, _word_bits(first_precision))

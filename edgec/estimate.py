@@ -130,11 +130,16 @@ def estimate(
     random_samples: int = 32,
     prune: list | None = None,
     progress=None,
+    place: str = "auto",
+    placement: dict[str, str] | None = None,
 ) -> dict:
     """Estimate ``model``'s design on ``target``; returns a report dict (layers, totals, cost_model).
 
-    Nothing is written and nothing compiled. Ops edgec cannot build yet are still costed as
-    hls4ml would implement them, with a warning.
+    Nothing is written and nothing compiled. ``place``/``placement`` are the build's: with
+    ``"auto"`` (default) ops hls4ml lacks and layers that do not fit are costed on the board's CPU,
+    with the PS-PL transfers, as the build would partition the model. ``place="fpga"`` costs
+    every op as hls4ml would implement it (with a warning for ops edgec cannot build), which is
+    what the cost model's validation against synthesis reports uses.
     """
     from edgec.build import to_canonical_layout
     from edgec.data import resolve_data
@@ -155,6 +160,10 @@ def estimate(
         from edgec.build import prune_model
 
         loaded.model, prune_records = prune_model(loaded.model, prune, x if data is not None else None, y, x, progress, target=tgt.name)
+    if place != "fpga":
+        partitioned = _estimate_partitioned(loaded, tgt, device, x, options, width, place, placement, prune_records, started)
+        if partitioned is not None:
+            return partitioned
     canonical = canonicalize(loaded.model, for_estimate=True)
     x_canon = to_canonical_layout(x, canonical.input_perm)  # calibration uses the first 128
     plan = plan_design(canonical.model, x_canon, target_for_device(tgt, device), options, width)
@@ -162,7 +171,8 @@ def estimate(
     design = estimate_design(layers, device, tgt.power)
     warnings = list(design.warnings)
     if canonical.unsupported:
-        warnings.insert(0, "edgec cannot build this model yet; figures are for hls4ml's implementation of: " + "; ".join(canonical.unsupported))
+        warnings.insert(0, "edgec cannot put these ops on the FPGA (a build with --place auto runs them on the board's CPU); "
+                           "figures are for hls4ml's own implementation of: " + "; ".join(canonical.unsupported))
     report = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "edgec_version": __version__,
@@ -180,6 +190,33 @@ def estimate(
     }
     report["warnings"] = warnings
     return report
+
+
+def _estimate_partitioned(loaded, tgt: Target, device, x, options: DesignOptions, width: int, place: str,
+                          placement: dict[str, str] | None, prune_records: list[dict], started: float) -> dict | None:
+    """The estimate of a model the build would partition (None when it all stays on the FPGA)."""
+    from edgec.build import plan_partition
+    from edgec.design_report import cost_partitioned_design, target_report
+    from edgec.passes.partition import PlaceNodes, absorb_wiring_atoms, atoms, prepare
+
+    placer = PlaceNodes(place, placement, has_fpga=True, has_cpu=tgt.cpu is not None, target_name=tgt.name)
+    placed = prepare(loaded.model).transform(placer)
+    atom_list = atoms(placed)
+    absorb_wiring_atoms(placed, atom_list)
+    if all(atom.placement == "fpga" for atom in atom_list):
+        return None  # one FPGA segment (or a fit problem the single-design path reports)
+    pinned = {name for name, where in (placement or {}).items() if where == "fpga"}
+    planned, notes = plan_partition(placed, x, target_for_device(tgt, device), options, width, placer.place, pinned)
+    costs = cost_partitioned_design(planned, {}, {}, tgt, device, options, pruned=any("ops_before" in r for r in prune_records))
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION, "edgec_version": __version__, "kind": "estimate",
+        "model": {"path": loaded.path, "sha256": loaded.sha256},
+        "target": target_report(tgt, device), "io_type": next((p.plan.io_type for p in planned if p.plan), None),
+        "options": {**options.as_dict(), "place": placer.place}, "layers": costs.layers, **costs.sections,
+        "partition": costs.partition, "passes": prune_records,
+        "decisions": notes + costs.decisions + [line for p in planned if p.plan for line in p.plan.notes],
+        "verification": None, "timings": {"estimate": round(time.perf_counter() - started, 3)},
+    }
 
 
 def _estimate_cpu_only(loaded, tgt: Target, started: float) -> dict:

@@ -91,6 +91,21 @@ def test_unsupported_op_in_the_middle_runs_on_the_cpu(gelu_build):
     assert segments[1]["host_latency_ms"]["median_ms"] > 0
 
 
+def test_estimate_costs_the_partition_the_build_makes(gelu_build):
+    from edgec.estimate import estimate
+
+    report = estimate(gelu_mlp(), target="pynq-z2")
+    built = gelu_build.report
+    assert [s["placement"] for s in report["partition"]["segments"]] == ["fpga", "cpu", "fpga"]
+    assert report["totals"]["latency_us"] == pytest.approx(built["totals"]["latency_us"], rel=1e-6)
+    assert report["totals"]["energy_uj"] == pytest.approx(built["totals"]["energy_uj"], rel=1e-6)
+    assert report["totals"]["resources"] == built["totals"]["resources"]
+    assert [layer["placement"] for layer in report["layers"]] == [layer["placement"] for layer in built["layers"]]
+    # --place fpga: every op as hls4ml would implement it, with a warning naming the one edgec gives the CPU
+    everything = estimate(gelu_mlp(), target="pynq-z2", place="fpga")
+    assert "partition" not in everything and any("Erf" in w for w in everything["warnings"])
+
+
 def test_partitioned_folder_has_board_libraries_and_resimulates(gelu_build, tmp_path):
     folder = gelu_build.output_dir
     assert elf_machine(folder / "cpu" / "seg1_cpu.armv7a.so") == "ARM"
