@@ -289,7 +289,7 @@ def _host_latency(library, x_in) -> dict | None:
 def _merged_totals(designs: list[DesignCost], system: dict, stages: list[dict]) -> dict:
     """The ``totals`` of a partitioned design: the system's latency, throughput and energy; the
     FPGA segments' cycles, II and resources (summed: separate IPs on one fabric)."""
-    parts = {"compute": 0.0, "memory": 0.0, "io": 0.0, "static": 0.0}
+    parts = {"compute": 0.0, "memory": 0.0, "io": 0.0, "static": 0.0} if designs else {}  # the FPGA's parts, when there is one
     for design in designs:
         for key, value in design.energy_breakdown_uj().items():
             parts[key] += value

@@ -151,16 +151,14 @@ def estimate(
     started = time.perf_counter()
     tgt = load_target(target)
     loaded = load_model(model)
-    if not tgt.has_fpga:
-        return _estimate_cpu_only(loaded, tgt, started)
-    device = options.device(tgt)
+    device = options.device(tgt) if tgt.has_fpga else None
     x, y, _ = resolve_data(data, loaded.model, random_samples)
     prune_records: list[dict] = []
     if prune:
         from edgec.build import prune_model
 
         loaded.model, prune_records = prune_model(loaded.model, prune, x if data is not None else None, y, x, progress, target=tgt.name)
-    if place != "fpga":
+    if place != "fpga" or not tgt.has_fpga:
         partitioned = _estimate_partitioned(loaded, tgt, device, x, options, width, place, placement, prune_records, started)
         if partitioned is not None:
             return partitioned
@@ -199,14 +197,17 @@ def _estimate_partitioned(loaded, tgt: Target, device, x, options: DesignOptions
     from edgec.design_report import cost_partitioned_design, target_report
     from edgec.passes.partition import PlaceNodes, absorb_wiring_atoms, atoms, prepare
 
-    placer = PlaceNodes(place, placement, has_fpga=True, has_cpu=tgt.cpu is not None, target_name=tgt.name)
+    placer = PlaceNodes(place, placement, has_fpga=tgt.has_fpga, has_cpu=tgt.cpu is not None, target_name=tgt.name)
     placed = prepare(loaded.model).transform(placer)
     atom_list = atoms(placed)
     absorb_wiring_atoms(placed, atom_list)
     if all(atom.placement == "fpga" for atom in atom_list):
         return None  # one FPGA segment (or a fit problem the single-design path reports)
     pinned = {name for name, where in (placement or {}).items() if where == "fpga"}
-    planned, notes = plan_partition(placed, x, target_for_device(tgt, device), options, width, placer.place, pinned)
+    fpga_target = target_for_device(tgt, device) if device is not None else tgt
+    planned, notes = plan_partition(placed, x, fpga_target, options, width, placer.place, pinned)
+    if not tgt.has_fpga:
+        notes.insert(0, f"{tgt.name} has no FPGA: every node runs on its {tgt.cpu.name} (TVM)")
     costs = cost_partitioned_design(planned, {}, {}, tgt, device, options, pruned=any("ops_before" in r for r in prune_records))
     return {
         "schema_version": REPORT_SCHEMA_VERSION, "edgec_version": __version__, "kind": "estimate",
@@ -215,48 +216,5 @@ def _estimate_partitioned(loaded, tgt: Target, device, x, options: DesignOptions
         "options": {**options.as_dict(), "place": placer.place}, "layers": costs.layers, **costs.sections,
         "partition": costs.partition, "passes": prune_records,
         "decisions": notes + costs.decisions + [line for p in planned if p.plan for line in p.plan.notes],
-        "verification": None, "timings": {"estimate": round(time.perf_counter() - started, 3)},
-    }
-
-
-def _estimate_cpu_only(loaded, tgt: Target, started: float) -> dict:
-    """The estimate for a board without an FPGA: every node on its CPU (edgec.cost.cpu), one core."""
-    from edgec.cost.cpu import cpu_node_costs
-    from edgec.passes.partition import prepare
-
-    model = prepare(loaded.model)
-    costs = cpu_node_costs(model, tgt.cpu)
-    latency = sum(c["latency_us"] for c in costs)
-    energy = sum(c["energy_uj"] for c in costs)
-    zero = {"lut": 0, "ff": 0, "dsp": 0, "bram18": 0}
-    layers = []
-    for c in costs:
-        node = next((n for n in model.graph.node if n.name == c["name"]), None)
-        shape_in = model.get_tensor_shape(node.input[0]) if node is not None and node.input else None
-        shape_out = model.get_tensor_shape(node.output[0]) if node is not None else None
-        layers.append({
-            "name": c["name"], "op": c["op"], "kind": "cpu", "inputs_shape": list(shape_in[1:]) if shape_in else [],
-            "outputs_shape": list(shape_out[1:]) if shape_out else [], "macs": int(c.get("macs") or 0), "params": 0,
-            "precision": {"weight": None, "result": "float32", "accum": None}, "strategy": None, "reuse_factor": None,
-            "onnx_tensor": node.output[0] if node is not None else None, "placement": "cpu", "clock": "cpu",
-            "cycles": int(round(c["cycles"])), "ii": int(round(c["cycles"])), "latency_ns": round(c["latency_us"] * 1000, 3),
-            "resources": dict(zero), "energy_nj": round(c["energy_uj"] * 1000, 6),
-            "energy_breakdown_nj": {"compute": round(c["energy_uj"] * 1000, 6), "memory": 0.0, "io": 0.0, "static": 0.0}, "sparsity": None,
-        })
-    totals = {
-        "cycles": int(round(sum(c["cycles"] for c in costs))), "latency_us": round(latency, 6), "ii": int(round(sum(c["cycles"] for c in costs))),
-        "throughput_fps": round(1e6 / latency, 3) if latency else 0.0, "resources": dict(zero), "available": {}, "utilization": {k: 0.0 for k in zero},
-        "energy_uj": round(energy, 9), "energy_breakdown_uj": {"cpu": round(energy, 9)}, "edp": round(energy * latency, 12),
-        "units": {"latency": "us", "energy": "uJ", "edp": "uJ*us", "throughput": "inferences/s"},
-        "bottleneck": max(costs, key=lambda c: c["cycles"])["name"] if costs else None,
-        "latency_by_placement_us": {"fpga": 0.0, "cpu": round(latency, 6), "transfer": 0.0},
-    }
-    return {
-        "schema_version": REPORT_SCHEMA_VERSION, "edgec_version": __version__, "kind": "estimate",
-        "model": {"path": loaded.path, "sha256": loaded.sha256},
-        "target": {"name": tgt.name, "part": None, "clock_mhz": None, "cpu": {"name": tgt.cpu.name, "clock_mhz": tgt.cpu.clock_mhz, "isa": tgt.cpu.isa}},
-        "io_type": None, "options": {}, "layers": layers, "totals": totals,
-        "cost_model": {"cpu": tgt.cpu.name, "model": "edgec.cost.cpu (roofline per node, one core)"},
-        "warnings": [], "passes": [], "decisions": [f"{tgt.name} has no FPGA: every node runs on its {tgt.cpu.name} (TVM)"],
         "verification": None, "timings": {"estimate": round(time.perf_counter() - started, 3)},
     }
