@@ -62,6 +62,38 @@ def wide_mlp() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 
 
+def cnn_with_resize() -> onnx.ModelProto:
+    """Conv-ReLU, a nearest-neighbour Resize (hls4ml's is wrong in C simulation), strided Conv-ReLU, Dense:
+    the FPGA segments work channels-last, the CPU segment NCHW."""
+    rng = np.random.default_rng(2)
+    inits = [_init("w1", rng.normal(0, 0.4, (4, 1, 3, 3))), _init("b1", rng.normal(0, 0.1, 4)), _init("scales", [1, 1, 2, 2]),
+             _init("w2", rng.normal(0, 0.3, (6, 4, 3, 3))), _init("b2", rng.normal(0, 0.1, 6)), _init("w3", rng.normal(0, 0.2, (5, 150))), _init("b3", np.zeros(5))]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[3, 3], name="conv1"), helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Resize", ["r1", "", "scales"], ["u"], mode="nearest", name="upsample"),
+        helper.make_node("Conv", ["u", "w2", "b2"], ["c2"], kernel_shape=[3, 3], strides=[2, 2], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"), helper.make_node("Flatten", ["r2"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(nodes, "cnn_resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def test_layouts_convert_at_the_seams_of_a_cnn(tmp_path):
+    result = edgec.build(cnn_with_resize(), target="pynq-z2", output_dir=tmp_path / "cnn", random_samples=100)
+    report = result.report
+    segments = report["partition"]["segments"]
+    assert [s["placement"] for s in segments] == ["fpga", "cpu", "fpga"] and segments[1]["nodes"] == ["upsample"]
+    meta = json.loads((tmp_path / "cnn" / "edgec.json").read_text())
+    assert meta["segments"][0]["input_perm"] == [0, 2, 3, 1] and meta["segments"][2]["input_perm"] == [0, 2, 3, 1]  # NCHW -> NHWC in
+    # the first FPGA segment hands the CPU NCHW: qonnx's channels-last conversion ends it with a transpose
+    assert meta["segments"][1]["input_shape"] == [1, 4, 6, 6] and meta["segments"][1]["output_shape"] == [1, 4, 12, 12]
+    assert "Transpose" in [layer["op"] for layer in report["layers"] if layer["segment"] == "seg0_fpga"]
+    ver = report["verification"]
+    assert ver["argmax_agreement"] == 1.0 and ver["max_abs_error"] < 0.01
+
+
 @pytest.fixture(scope="module")
 def gelu_build(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gelu") / "build"
