@@ -84,6 +84,9 @@ def _break_even_fields(layer: LayerConfig | None, ratio: float | None, target, d
     }
     if placement == "cpu":
         row["measured_host_break_even"] = _measured_cpu_break_even(layer)
+    elif target.cpu is not None:  # the other implementation choice on this board: the same layer on its CPU (dense vs CSR)
+        other = break_even_table(layer, target, device, "cpu", METRICS)
+        row["break_even_on_cpu"] = {metric: (None if be.ratio is None else round(be.ratio, 4)) for metric, be in other.items()}
     fields = {
         "implementation": implementation,
         "pruning_ratio": round(ratio, 4),

@@ -115,6 +115,9 @@ def test_unsupported_op_in_the_middle_runs_on_the_cpu(gelu_build):
     assert [layer["name"] for layer in cpu_layers] == segments[1]["nodes"]
     dense = [layer for layer in report["layers"] if layer["op"] == "Dense"]
     assert len(dense) == 2 and all(layer["break_even_ratio"] is not None and layer["implementation"].startswith("fpga") for layer in dense)
+    # every implementation choice on the board: an FPGA layer's row also has its r* on the Cortex-A9
+    rows = [r for r in report["partition"]["break_even"] if r["placement"] == "fpga"]
+    assert len(rows) == 2 and all(set(r["break_even_on_cpu"]) == {"cycles", "resources", "energy"} for r in rows)
     # the fabric is shared: both FPGA segments together stay within the board
     assert all(value <= 1.0 for value in report["totals"]["utilization"].values())
     system = report["partition"]["system"]
