@@ -169,9 +169,13 @@ def test_build_verifies_against_qonnx_reference(models, name, tmp_path):
     assert any("onnxruntime" in d for d in result.report["decisions"])
 
 
-@pytest.mark.xfail(strict=True, raises=VerificationError, reason="a float-scale Quant between a MatMul and its bias Add rounds twice: no single fixed-point affine map reproduces it (ExactRequantization skips it), and hls4ml has no threshold layer")
-def test_build_of_unfused_matmul_add_qdq_model(models, tmp_path):
-    edgec.build(models["mlpraw_qdq_pt_s8"], target="pynq-z2", output_dir=tmp_path / "raw", data=_mlp_inputs(200, seed=1))
+def test_unfused_matmul_add_qdq_model_is_refused_clearly(models, tmp_path):
+    """A float-scale Quant between a MatMul and its bias Add rounds twice: no single fixed-point affine
+    map reproduces it (ExactRequantization records why), and hls4ml has no threshold layer. The build
+    fails verification with the diverging layer named, and leaves no folder behind."""
+    with pytest.raises(VerificationError, match="first diverging layer"):
+        edgec.build(models["mlpraw_qdq_pt_s8"], target="pynq-z2", output_dir=tmp_path / "raw", data=_mlp_inputs(200, seed=1))
+    assert not (tmp_path / "raw").exists()
 
 
 def test_estimate_command_on_qdq_model(models, capsys):
