@@ -68,8 +68,8 @@ def _break_even_fields(layer: LayerConfig | None, ratio: float | None, target, d
     break-even table (None for layers without weights)."""
     if layer is None or layer.kind not in LINEAR_KINDS or ratio is None:
         return {"implementation": None, "pruning_ratio": None, "break_even_ratio": None}, None
-    implementation, reason, chosen = choose_implementation(layer, ratio, target, device, placement, BREAK_EVEN_METRIC)
-    table = break_even_table(layer, target, device, placement, METRICS)
+    table = break_even_table(layer, target, device, placement, METRICS)  # one search for every metric
+    implementation, reason, chosen = choose_implementation(layer, ratio, target, device, placement, BREAK_EVEN_METRIC, table[BREAK_EVEN_METRIC])
     row = {
         "layer": layer.name,
         "placement": placement,

@@ -141,10 +141,10 @@ def estimate(
     every op as hls4ml would implement it (with a warning for ops edgec cannot build), which is
     what the cost model's validation against synthesis reports uses.
     """
-    from edgec.build import to_canonical_layout
     from edgec.data import resolve_data
     from edgec.frontend.canonicalize import canonicalize
     from edgec.frontend.load import load_model
+    from edgec.runtime.hetero import to_canonical_layout
 
     options = options or DesignOptions()
     options.check()

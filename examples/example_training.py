@@ -32,3 +32,14 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, 
             loss.backward()
             optimizer.step()
     model.eval()
+
+
+def report_and_export(model: nn.Module, x_held: np.ndarray, y_held: np.ndarray, path: Path) -> None:
+    """Print the held-out accuracy (MNIST t10k 8000-9999) and export ``model`` to ONNX at ``path``
+    (opset 13, TorchScript exporter, input ``x`` of shape 1x1x28x28, output ``logits``)."""
+    with torch.no_grad():
+        held = model(torch.from_numpy(x_held)).argmax(1).numpy()
+    print(f"held-out accuracy (t10k 8000-9999): {(held == y_held).mean():.4f}")
+    path.parent.mkdir(exist_ok=True)
+    torch.onnx.export(model, torch.zeros(1, 1, 28, 28), path, input_names=["x"], output_names=["logits"], opset_version=13, dynamo=False)
+    print(f"wrote {path}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from example_training import fit, load_mnist
+from example_training import fit, load_mnist, report_and_export
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
@@ -38,13 +38,7 @@ def main() -> None:
     x, y = load_mnist()
     model = MnistMLP()
     fit(model, x[:N_TRAIN], y[:N_TRAIN], epochs=EPOCHS, lr=1e-3, weight_decay=1e-5)
-    with torch.no_grad():
-        held = model(torch.from_numpy(x[N_TRAIN:])).argmax(1).numpy()
-    print(f"held-out accuracy (t10k 8000-9999): {(held == y[N_TRAIN:]).mean():.4f}")
-    (HERE / "models").mkdir(exist_ok=True)
-    torch.onnx.export(model, torch.zeros(1, 1, 28, 28), HERE / "models" / "mnist_mlp.onnx", input_names=["x"], output_names=["logits"],
-                      opset_version=13, dynamo=False)
-    print(f"wrote {HERE / 'models' / 'mnist_mlp.onnx'}")
+    report_and_export(model, x[N_TRAIN:], y[N_TRAIN:], HERE / "models" / "mnist_mlp.onnx")
 
 
 if __name__ == "__main__":

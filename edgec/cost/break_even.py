@@ -537,14 +537,15 @@ def _percent(value: float) -> str:
 
 
 def choose_implementation(layer: LayerConfig, pruning_ratio: float, target: Target, device: Device | None,
-                          placement: str = "fpga", metric: str = "energy") -> tuple[str, str, BreakEven]:
+                          placement: str = "fpga", metric: str = "energy", be: BreakEven | None = None) -> tuple[str, str, BreakEven]:
     """(implementation, reason, break-even) for ``layer`` pruned to ``pruning_ratio`` (fraction of
     zero weights): the cheaper form for ``metric`` that edgec can generate, and a sentence saying
     why -- including what a form edgec cannot generate (hls4ml 1.3.0's compressed weights, a CSR
-    kernel on the CPU) would have saved."""
+    kernel on the CPU) would have saved. ``be``: the layer's break-even for ``metric`` when the
+    caller already has it (from :func:`break_even_table`), so it is not searched again."""
     from edgec.configure import HLS4ML_COMPRESSION_WORKS
 
-    be = layer_break_even(layer, target, device, placement, metric)
+    be = be if be is not None else layer_break_even(layer, target, device, placement, metric)
     where = f"on {target.name} ({metric})"
     pruned = f"pruned {_percent(pruning_ratio)}"
     if be.sparse_form == FPGA_UNROLLED:

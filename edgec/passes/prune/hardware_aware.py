@@ -45,10 +45,10 @@ def planned_layers(model: ModelWrapper, ctx: PruneContext) -> tuple[dict[str, La
     it in the design edgec would build on ``ctx.target``; and notes on layers that could not be
     matched. Matching is by order among the Dense/Conv layers and by weight count (canonicalization
     renames nodes but keeps the layers' order and sizes)."""
-    from edgec.build import to_canonical_layout
     from edgec.data import resolve_data
     from edgec.estimate import DesignOptions, cost_layers, plan_design
     from edgec.frontend.canonicalize import canonicalize
+    from edgec.runtime.hetero import to_canonical_layout
     from edgec.targets import load_target
 
     target = load_target(ctx.target or DEFAULT_TARGET)
