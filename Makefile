@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup lint clean benchmark chromium cross
+.PHONY: demo test test-fast setup lint clean benchmark chromium cross
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test: $(STAMP) chromium cross
 	$(VENV)/bin/ruff check edgec tests benchmarks examples
 	$(PY) -m pytest -q tests
 
+# the loop while working: lint and every test but the slow tier (corpus sample builds, fuzzer)
+test-fast: $(STAMP) chromium cross
+	$(VENV)/bin/ruff check edgec tests benchmarks examples
+	$(PY) -m pytest -q -m "not slow" tests
+
 benchmark: $(STAMP)
 	$(PY) benchmarks/edgec_vs_hls4ml.py
 	$(PY) benchmarks/costval_validation.py --table
@@ -48,3 +53,42 @@ benchmark: $(STAMP)
 
 clean:
 	rm -rf build .pytest_cache
+
+# ONNX/QONNX corpus (tests/corpus, benchmarks/corpus/README.md): the TensorFlow exporters live in their own venvs
+KERAS2 := .venv-keras2
+KERAS3 := .venv-keras3
+CORPUS_GEN := benchmarks/corpus
+
+.PHONY: corpus corpus-envs
+
+$(KERAS2)/.installed: $(CORPUS_GEN)/requirements-keras2.txt
+	rm -rf $(KERAS2)
+	$(PYTHON) -m venv $(KERAS2)
+	$(KERAS2)/bin/pip install -q --upgrade pip
+	$(KERAS2)/bin/pip install -q -r $(CORPUS_GEN)/requirements-keras2.txt
+	$(KERAS2)/bin/pip check
+	touch $@
+
+$(KERAS3)/.installed: $(CORPUS_GEN)/requirements-keras3.txt
+	rm -rf $(KERAS3)
+	$(PYTHON) -m venv $(KERAS3)
+	$(KERAS3)/bin/pip install -q --upgrade pip
+	$(KERAS3)/bin/pip install -q -r $(CORPUS_GEN)/requirements-keras3.txt
+	$(KERAS3)/bin/pip check
+	touch $@
+
+corpus-envs: $(KERAS2)/.installed $(KERAS3)/.installed
+
+# regenerates every model, data file and the manifest (float/QAT training is seeded), then checks them
+corpus: $(STAMP) corpus-envs
+	rm -rf tests/corpus/models tests/corpus/data tests/corpus/fragments
+	$(PY) $(CORPUS_GEN)/gen_torch.py
+	$(PY) $(CORPUS_GEN)/gen_brevitas.py
+	$(KERAS2)/bin/python $(CORPUS_GEN)/gen_keras2.py
+	$(KERAS2)/bin/python $(CORPUS_GEN)/gen_qkeras.py
+	$(KERAS3)/bin/python $(CORPUS_GEN)/gen_keras3.py
+	$(PY) $(CORPUS_GEN)/gen_ort_quant.py
+	$(PY) $(CORPUS_GEN)/finalize.py
+	mkdir -p build
+	$(PY) $(CORPUS_GEN)/check_corpus.py > build/corpus-check.json || (cat build/corpus-check.json; exit 1)
+	@tail -n 8 build/corpus-check.json

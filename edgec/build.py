@@ -34,8 +34,9 @@ from edgec.passes.partition import PlaceNodes, Segment, absorb_wiring_atoms, ato
 from edgec.report import SCHEMA_VERSION, render_summary, write_report
 from edgec.report_html import write_html
 from edgec.runtime.hetero import SegmentRunner, run_chain, to_canonical_layout
+from edgec.steps import enter, guarded
 from edgec.targets import load_target
-from edgec.verify import compare, first_divergence, reference_outputs, tensor_values
+from edgec.verify import compare, first_divergence, output_task, reference_outputs, tensor_values
 
 log = logging.getLogger(__name__)
 META_FILE = "edgec.json"
@@ -214,7 +215,9 @@ def plan_partition(
                     planned.append(PlannedSegment(seg, x_in=x_in))
                     continue
                 model = single_model if (single_model is not None and len(segments) == 1) else seg.model
+                enter("canonicalize", model)
                 canonical = canonicalize(model)
+                enter("configure", canonical.model)
                 plan = plan_design(canonical.model, to_canonical_layout(x_in, canonical.input_perm), tgt, options, width)
                 planned.append(PlannedSegment(seg, canonical, plan, x_in))
             _share_the_fabric(planned, tgt, options, width)
@@ -336,6 +339,7 @@ def _divergence(planned: list[PlannedSegment], outputs: list[np.ndarray], placed
     return None
 
 
+@guarded("build")
 def build(
     model: str | Path | onnx.ModelProto,
     target: str = "pynq-z2",
@@ -353,6 +357,7 @@ def build(
     place: str = "auto",
     placement: dict[str, str] | None = None,
     cross: bool = True,
+    keep_failed: bool = False,
 ) -> BuildResult:
     """Build ``model`` for ``target`` into ``output_dir`` and verify it.
 
@@ -371,6 +376,8 @@ def build(
     implement and layers that do not fit the FPGA, which go to the board's CPU), ``"fpga"`` or
     ``"cpu"``; ``placement`` overrides single nodes by name (``{"fc3": "cpu"}``). CPU parts are
     compiled with TVM for the host (simulation) and, with ``cross``, for the board's CPU (``cpu/``).
+    With ``keep_failed``, a build that fails after it started writing leaves what it wrote in
+    ``<output_dir>.failed/`` (replacing an earlier one) instead of removing it.
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -383,6 +390,7 @@ def build(
         if progress is not None:
             progress(f"{name:<12} {timings[name]:6.2f} s  {detail}".rstrip())
 
+    enter("options")
     options = options or DesignOptions()
     if io_type is not None and options.io_type is None:
         options = replace(options, io_type=io_type)
@@ -393,19 +401,24 @@ def build(
     out = Path(output_dir)
     if out.exists() and not force:
         raise OutputExistsError(f"output folder '{out}' already exists", hint="pass --force to replace it, or -o to choose another")
+    enter("load")
     loaded = load_model(model)
+    enter("data", loaded.model)
     lap("load", "QONNX model" if loaded.is_qonnx else "ONNX model")
     input_shape = loaded.model.get_tensor_shape(loaded.model.graph.input[0].name)
     x, y, data_desc = resolve_data(data, loaded.model, random_samples)
     prune_records: list[dict] = []
     if prune:
+        enter("prune", loaded.model)
         loaded.model, prune_records = prune_model(loaded.model, prune, x if data is not None else None, y, x, progress,
                                                    target=base_target.name, placement=placement)
         lap("prune", f"{len(prune_records)} pass(es)")
     if quantize:
+        enter("quantize", loaded.model)
         loaded.model, quant_records = quantize_model(loaded.model, quantize, x, y, base_target.name, options, width)
         prune_records += quant_records
         lap("quantize", f"{len(quant_records)} pass(es)")
+    enter("partition", loaded.model)
     check_single_io(loaded.model)
     placer = PlaceNodes(place, placement, has_fpga=base_target.has_fpga, has_cpu=base_target.cpu is not None, target_name=base_target.name)
     placed = prepare(loaded.model).transform(placer)
@@ -438,6 +451,7 @@ def build(
             if p.segment.index == 0:
                 seg_in = [int(d) for d in input_shape]
             if seg.placement == "fpga":
+                enter("lower", p.canonical.model)
                 project_dir = "hls" if len(fpga_parts) == 1 else f"hls_{seg.name}"
                 name = project_name if len(fpga_parts) == 1 else sanitize_identifier(f"{project_name}_{seg.name}")
                 project = lower(p.canonical.model, p.plan, tgt, staging / project_dir, name, backend=device.backend)
@@ -458,6 +472,7 @@ def build(
             else:
                 from edgec.backends.tvm import compile_cpu_model
 
+                enter("tvm", seg.model)
                 library = compile_cpu_model(seg.model, base_target, staging / "cpu", seg.name, cross=cross)
                 libraries[seg.index] = library
                 for key, value in library.timings.items():
@@ -478,12 +493,14 @@ def build(
         if single_fpga:  # the keys of a build folder from before partitioning
             only = segments_meta[0]
             meta.update({k: only[k] for k in ("project_name", "input_perm", "output_perm", "canonical_output_shape", "n_in", "n_out")})
+        enter("verify", loaded.model)
         runners = [SegmentRunner(entry, staging) for entry in segments_meta]
         simulated, seg_outputs = run_chain(runners, x, keep=True)
         reference, reference_name = reference_outputs(loaded.model, x, loaded.is_qonnx)
         last = planned[-1]
         resolution = projects[last.segment.index].output_resolution(reference) if last.segment.placement == "fpga" else 0.0
-        verification = {"reference": reference_name, "data": data_desc, **compare(reference, simulated, y, resolution)}
+        verification = {"reference": reference_name, "data": data_desc,
+                        **compare(reference, simulated, y, resolution, task=output_task(loaded.model))}
         verification["simulated_by"] = " -> ".join("C simulation" if p.segment.placement == "fpga" else "TVM host build" for p in planned)
         verification["min_agreement"] = min_agreement
         verification.update(_bit_exactness_of(last, projects.get(last.segment.index), reference, simulated, loaded.is_qonnx, loaded.model))
@@ -494,6 +511,7 @@ def build(
             else:
                 verification["first_divergence"] = _divergence(planned, seg_outputs, placed, x, projects)
         lap("verify", f"{verification['n_samples']} samples against {reference_name}")
+        enter("cost", placed)
         costs = cost_partitioned_design(planned, projects, libraries, base_target, device, options, pruned=any("ops_before" in r for r in prune_records))
         lap("estimate", f"{costs.latency_us:.4g} us, {costs.energy_uj:.3g} uJ per inference")
         report = {
@@ -520,6 +538,7 @@ def build(
             + [line for p in fpga_parts for line in _pass_decisions(p.canonical.passes) + p.plan.notes],
             "timings": timings,
         }
+        enter("report")
         bundle_note = _render_bundle(staging, segments_meta, tgt, project_name, x, simulated, cross)
         report["deploy"] = bundle_note
         if bundle_note.get("skipped"):
@@ -543,7 +562,13 @@ def build(
             shutil.rmtree(out)
         staging.rename(out)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if keep_failed:
+            kept = out.with_name(out.name + ".failed")
+            shutil.rmtree(kept, ignore_errors=True)
+            staging.rename(kept)
+            log.warning("the failed build's files are kept in %s", kept)
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
     for line in render_summary(report).splitlines():
         log.debug(line)

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         place=args.place,
         placement=_placement_overrides(args.place_node),
         cross=not args.no_cross,
+        keep_failed=args.keep_failed,
     )
     print()
     print(render_summary(result.report))
@@ -113,11 +115,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     line = f"simulated {x.shape[0]} samples"
     if model_path and Path(model_path).is_file():
         from edgec.frontend.load import load_model
-        from edgec.verify import compare, reference_outputs
+        from edgec.verify import compare, output_task, reference_outputs
 
         loaded = load_model(model_path)
         reference, name = reference_outputs(loaded.model, x, loaded.is_qonnx)
-        result = compare(reference, simulated, y)
+        result = compare(reference, simulated, y, task=output_task(loaded.model))
         line += f": argmax agreement with {name} {result['argmax_agreement'] * 100:.2f}%, max abs error {result['max_abs_error']:.3g}"
         if y is not None:
             line += f", accuracy reference {result['accuracy_reference']:.4f} / C-sim {result['accuracy_simulated']:.4f}"
@@ -176,6 +178,7 @@ def _cmd_targets(args: argparse.Namespace) -> int:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgec", description="Compile ONNX/QONNX models to verified FPGA projects.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (and hls4ml's output)")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an internal error (for bug reports)")
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build an HLS project, compile its C simulation and verify it")
     b.add_argument("model", help="ONNX or QONNX file")
@@ -183,6 +186,8 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("-o", "--output", default="build", help="build folder (default: build)")
     b.add_argument("--data", help=".npz with x (model layout) and optional y labels, or .npy inputs")
     b.add_argument("--force", action="store_true", help="replace an existing build folder")
+    b.add_argument("--keep-failed", action="store_true",
+                   help="when the build fails after it started writing, keep what was written in OUTPUT.failed/ for inspection")
     b.add_argument("--min-agreement", type=float, default=0.99, help="fail (exit 3) below this argmax agreement")
     b.add_argument("--width", type=int, default=16, help="bit width of calibrated fixed-point types (default 16)")
     b.add_argument("--place", choices=["auto", "fpga", "cpu"], default="auto",
@@ -226,6 +231,9 @@ def make_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=_cmd_inspect)
     t = sub.add_parser("targets", help="list the boards")
     t.set_defaults(func=_cmd_targets)
+    for command in (b, e, s, r, i, t):  # also accepted after the command: `edgec build m.onnx --debug`
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -235,14 +243,24 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         warnings.filterwarnings("ignore")
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from edgec.steps import internal_error
+
     try:
         return args.func(args)
     except EdgecError as exc:
+        if args.debug and exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
         print(f"edgec: error: {exc.user_message()}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("edgec: interrupted", file=sys.stderr)
         return 130
+    except (Exception, RecursionError, MemoryError) as exc:  # a bug: one line (the traceback with --debug)
+        error = internal_error(exc, args.command)
+        if args.debug:
+            traceback.print_exception(exc, file=sys.stderr)
+        print(f"edgec: error: {error.user_message()}", file=sys.stderr)
+        return error.exit_code
 
 
 if __name__ == "__main__":

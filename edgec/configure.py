@@ -49,6 +49,14 @@ class LayerChoice:
     reason: str = "fits at full parallelism"
     sparsity: float = 0.0  # fraction of zero weights (after quantization to weight_t)
     compressed: bool = False  # hls4ml's compressed (index + value) weights, Resource-strategy Dense only
+    depthwise: bool = False  # a grouped Conv with one input channel per group (hls4ml's DepthwiseConv)
+
+    @property
+    def serial_strategy(self) -> str:
+        """The strategy a reuse factor above 1 uses: Resource, except for depthwise convolutions, whose
+        Resource form hls4ml 1.3.0 computes wrongly in io_stream C simulation (docs/hls4ml-notes.md),
+        so they are serialized under the Latency strategy."""
+        return "Latency" if self.depthwise else "Resource"
 
 
 @dataclass
@@ -73,16 +81,29 @@ class LoweringPlan:
 
 def calibrate(model: ModelWrapper, inputs: np.ndarray) -> dict[str, float]:
     """Largest absolute value of every tensor over (up to 128 of) the calibration inputs."""
+    from edgec.verify import batched_copy
+
     name = model.graph.input[0].name
+    shape = list(model.get_tensor_shape(name)[1:])
+    # the canonical input may be a reshaped view of the user's (same values, same order)
+    samples = np.asarray(inputs[:MAX_CALIBRATION_SAMPLES], dtype=np.float32).reshape(-1, *shape)
     ranges: dict[str, float] = {}
-    for sample in inputs[:MAX_CALIBRATION_SAMPLES]:
-        ctx = oxe.execute_onnx(model, {name: sample[None].astype(np.float32)}, return_full_exec_context=True)
+
+    def record(ctx: dict) -> None:
         for tensor, value in ctx.items():
             if value is None or model.get_initializer(tensor) is not None:
                 continue
             arr = np.asarray(value, dtype=np.float64)
             if arr.size:
                 ranges[tensor] = max(ranges.get(tensor, 0.0), float(np.max(np.abs(arr))))
+
+    try:  # one batched run (much faster on large inputs); graphs with batch-1 constants run per sample
+        record(oxe.execute_onnx(batched_copy(model, samples.shape[0]), {name: samples}, return_full_exec_context=True))
+        return ranges
+    except Exception:
+        ranges.clear()
+    for sample in samples:
+        record(oxe.execute_onnx(model, {name: sample[None]}, return_full_exec_context=True))
     return ranges
 
 
@@ -164,7 +185,10 @@ def _layer_choice(model: ModelWrapper, node, plan_width: int, ranges: dict[str, 
     in_bits = quantized_input.width if quantized_input is not None else plan_width
 
     sparsity = float(np.mean(weight_codes(weight, weight_t) == 0)) if weight.size else 0.0
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
     return LayerChoice(
+        # one input channel per group, in OIHW or channels-last OHWI weights alike: C_in/group * kernel == kernel
+        depthwise=node.op_type == "Conv" and group > 1 and n_in == int(np.prod([a.ints for a in node.attribute if a.name == "kernel_shape"][0] or [1])),
         sparsity=sparsity,
         node=node.name,
         op="Dense" if node.op_type == "MatMul" else "Conv",
@@ -230,10 +254,10 @@ def fit_to_target(model: ModelWrapper, plan: LoweringPlan, target: Target, backe
             excess = totals[worst] - budget[worst]
             wanted = choice.reuse_factor * used / max(used - excess, used / 2, 1e-9)  # at most double per step
             choice.reuse_factor = next((r for r in valid if r >= wanted), valid[-1]) if wanted > valid[0] else valid[0]
-            choice.strategy = "Resource"
+            choice.strategy = choice.serial_strategy
             choice.reason = (
                 f"{worst.upper()} over {int(UTILIZATION_CAP * 100)}% of {target.name} at full parallelism; "
-                f"Resource strategy, reuse factor {choice.reuse_factor}"
+                f"{choice.strategy} strategy, reuse factor {choice.reuse_factor}"
             )
             moved = True
             break
@@ -297,7 +321,10 @@ def plan_lowering(
         notes.extend(fit_to_target(model, plan, target, backend=backend))
     else:
         for choice in layers.values():
-            choice.strategy = (strategy or ("Resource" if (reuse_factor or 1) > 1 else "Latency")).capitalize()
+            choice.strategy = (strategy or (choice.serial_strategy if (reuse_factor or 1) > 1 else "Latency")).capitalize()
+            if choice.depthwise and choice.strategy == "Resource":
+                choice.strategy = "Latency"
+                notes.append(f"{choice.node}: depthwise convolution kept at the Latency strategy (hls4ml 1.3.0's Resource form is wrong in io_stream)")
             wanted = reuse_factor or 1
             choice.reuse_factor = _nearest_valid_reuse_factor(choice, wanted)
             choice.reason = f"set by the user: {choice.strategy} strategy, reuse factor {choice.reuse_factor}"

@@ -64,10 +64,34 @@ def _scalar_const(model: ModelWrapper, node, data_input: str) -> float | None:
     return float(np.asarray(value).reshape(-1)[0]) if value is not None and np.asarray(value).size == 1 else None
 
 
+def declared_datatype(model: ModelWrapper) -> dict | None:
+    """The integer domain a qonnx/FINN datatype annotation declares for the graph input
+    (``quantization_annotation``: BIPOLAR, BINARY, TERNARY, INTn, UINTn), or None. qonnx's executor
+    refuses inputs off that grid, so calibration and random inputs must lie on it."""
+    from qonnx.core.datatype import DataType
+
+    name = model.graph.input[0].name
+    try:
+        dtype = model.get_tensor_datatype(name)
+    except Exception:  # an annotation qonnx cannot parse is no declaration
+        return None
+    if dtype is None or not dtype.is_integer() or dtype == DataType["FLOAT32"]:
+        return None
+    label = dtype.get_canonical_name()
+    if label == "BIPOLAR":
+        return {"kind": "bipolar", "scale": 1.0, "gain": 1.0, "offset": 0.0, "annotation": label}
+    return {"kind": "int", "scale": 1.0, "zeropt": 0.0, "low": int(dtype.min()), "high": int(dtype.max()), "gain": 1.0, "offset": 0.0,
+            "annotation": label}
+
+
 def input_domain(model: ModelWrapper) -> dict:
-    """The quantized domain the model declares for its input: a quantizer on the input, possibly
-    behind reshapes and scalar affine preprocessing (e.g. ``x * 2 - 1``), which is inverted so the
-    domain is given in the input's own units (``x = (q - offset) / gain``)."""
+    """The quantized domain the model declares for its input: a qonnx datatype annotation on the
+    input, or a quantizer on the input, possibly behind reshapes and scalar affine preprocessing
+    (e.g. ``x * 2 - 1``), which is inverted so the domain is given in the input's own units
+    (``x = (q - offset) / gain``)."""
+    declared = declared_datatype(model)
+    if declared is not None:
+        return declared
     tensor = model.graph.input[0].name
     gain, offset = 1.0, 0.0
     for _ in range(8):
@@ -129,11 +153,15 @@ def random_inputs(model: ModelWrapper, n: int = DEFAULT_RANDOM_SAMPLES, seed: in
         q = rng.choice([-1.0, 1.0], size=shape) * domain["scale"]
         x = (q - domain["offset"]) / domain["gain"]
         description = "random bipolar (+-1) inputs"
+        if domain.get("annotation"):
+            description += " (the input is annotated BIPOLAR)"
     elif domain["kind"] == "int":
         levels = rng.integers(domain["low"], domain["high"] + 1, size=shape)
         q = (levels - domain["zeropt"]) * domain["scale"]
         x = (q - domain["offset"]) / domain["gain"]
         description = f"random integer inputs in [{domain['low']}, {domain['high']}] x scale {domain['scale']:g}"
+        if domain.get("annotation"):
+            description = f"random integer inputs in [{domain['low']}, {domain['high']}] (the input is annotated {domain['annotation']})"
         if (domain["gain"], domain["offset"]) != (1.0, 0.0):
             description += f" before the model's x*{domain['gain']:g}{domain['offset']:+g}"
     else:
@@ -148,9 +176,31 @@ def resolve_data(data, model: ModelWrapper, random_samples: int = DEFAULT_RANDOM
     input_shape = model.get_tensor_shape(model.graph.input[0].name)
     if isinstance(data, (np.ndarray, tuple)):
         x, y = arrays_as_data(data, input_shape)
+        _check_declared_domain(model, x, "data")
         return x, y, f"{x.shape[0]} samples given as arrays"
     if data is not None:
         x, y = load_data(data, input_shape)
+        _check_declared_domain(model, x, str(data))
         return x, y, Path(data).name
     x, desc = random_inputs(model, random_samples)
     return x, None, desc
+
+
+def _check_declared_domain(model: ModelWrapper, x: np.ndarray, source: str) -> None:
+    """User data for an input with a datatype annotation must lie on its grid (qonnx refuses it otherwise)."""
+    declared = declared_datatype(model)
+    if declared is None:
+        return
+    if declared["kind"] == "bipolar":
+        bad = ~np.isin(x, (-1.0, 1.0))
+        expected = "-1 or +1"
+    else:
+        bad = (x != np.round(x)) | (x < declared["low"]) | (x > declared["high"])
+        expected = f"integers in [{declared['low']}, {declared['high']}]"
+    if np.any(bad):
+        example = float(x[bad].reshape(-1)[0])
+        raise DataError(
+            f"{source}: the model's input '{model.graph.input[0].name}' is annotated {declared['annotation']}, "
+            f"but the data holds {example:g} ({int(bad.sum())} values off that grid)",
+            hint=f"give inputs as the model expects them: {expected}",
+        )

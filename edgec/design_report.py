@@ -137,10 +137,15 @@ def _cpu_layer_config(model, node, weights: dict) -> tuple[LayerConfig | None, f
 
 def _word_bits(precision: str | None) -> int:
     """Stream word per value at an FPGA seam: the bundle's AXI-stream wrapper packs one value per word."""
-    from edgec.backends.bundle import word_bits_for
+    from edgec.backends.bundle import WORD_BITS, word_bits_for
 
     match = re.search(r"(\d+)", precision or "")
-    return word_bits_for(int(match.group(1))) if match else 32
+    if not match:
+        return 32
+    width = int(match.group(1))
+    if width > WORD_BITS[-1]:  # wider than the bundle's stream word: costed as whole 32-bit words (the bundle says it cannot pack it)
+        return WORD_BITS[-1] * -(-width // WORD_BITS[-1])
+    return word_bits_for(width)
 
 
 @dataclass

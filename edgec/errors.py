@@ -107,3 +107,16 @@ class BundleError(EdgecError):
     system to drive it, or a segment does not match its hls4ml project or TVM library."""
 
     exit_code = 23
+
+
+class InvalidModelError(CorruptModelError):
+    """The file parses as ONNX but breaks the ONNX specification (onnx.checker's full check)."""
+
+    exit_code = 24
+
+
+class InternalError(EdgecError):
+    """An unexpected failure inside edgec or a library under it: a bug to report, shown as one line
+    naming the step and node (the traceback only with ``edgec --debug``)."""
+
+    exit_code = 70  # EX_SOFTWARE (sysexits.h): internal software error

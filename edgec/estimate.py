@@ -22,6 +22,7 @@ from edgec.cost.device import Device, device_for
 from edgec.cost.layer import LayerConfig, plan_cost_layers
 from edgec.errors import OptionError
 from edgec.fixed_point import FixedType, parse_fixed
+from edgec.steps import enter, guarded
 from edgec.targets import Target, load_target
 
 REPORT_SCHEMA_VERSION = 1
@@ -121,6 +122,7 @@ def cost_sections(design: DesignCost) -> dict:
     return {"totals": design.totals(), "cost_model": design.cost_model(), "warnings": list(design.warnings)}
 
 
+@guarded("estimate")
 def estimate(
     model: str | Path | onnx.ModelProto,
     target: str = "pynq-z2",
@@ -150,7 +152,9 @@ def estimate(
     options.check()
     started = time.perf_counter()
     tgt = load_target(target)
+    enter("load")
     loaded = load_model(model)
+    enter("data", loaded.model)
     device = options.device(tgt) if tgt.has_fpga else None
     x, y, _ = resolve_data(data, loaded.model, random_samples)
     prune_records: list[dict] = []
@@ -162,7 +166,9 @@ def estimate(
         partitioned = _estimate_partitioned(loaded, tgt, device, x, options, width, place, placement, prune_records, started)
         if partitioned is not None:
             return partitioned
+    enter("canonicalize", loaded.model)
     canonical = canonicalize(loaded.model, for_estimate=True)
+    enter("configure", canonical.model)
     x_canon = to_canonical_layout(x, canonical.input_perm)  # calibration uses the first 128
     plan = plan_design(canonical.model, x_canon, target_for_device(tgt, device), options, width)
     layers = cost_layers(canonical.model, plan, plan.io_type, options)

@@ -105,9 +105,14 @@ def render_summary(report: dict) -> str:
         if ver.get("accuracy_reference") is not None:
             acc = f", accuracy reference {ver['accuracy_reference']:.4f} / simulated {ver['accuracy_simulated']:.4f}"
         lines.append("")
+        if ver.get("task") == "regression":
+            agreement = (f"{ver['decisive_agreement'] * 100:.2f}% of samples within {ver['tolerance']:.3g} "
+                         f"(2% of the output range, or 2 LSBs of the output type), relative error {ver['relative_error'] or 0:.3g}")
+        else:
+            agreement = f"argmax agreement {ver['argmax_agreement'] * 100:.2f}%"
         lines.append(
             f"verification vs {ver['reference']} on {ver['n_samples']} samples ({ver.get('data', '')}): "
-            f"argmax agreement {ver['argmax_agreement'] * 100:.2f}%, max abs error {ver['max_abs_error']:.3g}{acc}"
+            f"{agreement}, max abs error {ver['max_abs_error']:.3g}{acc}"
         )
         if ver.get("near_ties"):
             lines.append(

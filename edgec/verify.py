@@ -74,7 +74,20 @@ def reference_outputs(model: ModelWrapper, x: np.ndarray, is_qonnx: bool) -> tup
     return model_outputs(model, x, qonnx=is_qonnx), ("qonnx execution" if is_qonnx else "onnxruntime")
 
 
-def compare(reference: np.ndarray, simulated: np.ndarray, labels: np.ndarray | None, resolution: np.ndarray | float = 0.0) -> dict:
+REGRESSION_TOLERANCE = 0.02  # of the reference output's range: a sample agrees when every value is this close
+
+
+def output_task(model: ModelWrapper) -> str:
+    """``classification`` for a [batch, classes] output with several classes, ``regression`` for
+    anything else (images, feature maps, one value): argmax agreement only means something for the
+    first."""
+    shape = model.get_tensor_shape(model.graph.output[0].name) or []
+    size = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    return "classification" if len(shape) == 2 and size > 1 else "regression"
+
+
+def compare(reference: np.ndarray, simulated: np.ndarray, labels: np.ndarray | None, resolution: np.ndarray | float = 0.0,
+            task: str = "classification") -> dict:
     """Max abs error, argmax agreement and (with labels) both accuracies.
 
     ``argmax_agreement`` is strict. ``decisive_agreement`` leaves out near-ties: samples where the
@@ -96,6 +109,21 @@ def compare(reference: np.ndarray, simulated: np.ndarray, labels: np.ndarray | N
         "accuracy_reference": None,
         "accuracy_simulated": None,
     }
+    result["task"] = task
+    if task == "regression":
+        # argmax over pixels or a single value says nothing: a sample agrees when all its values are
+        # within REGRESSION_TOLERANCE of the reference's range
+        span = float(np.max(reference) - np.min(reference)) if reference.size else 0.0
+        # never finer than the design's own output resolution (two LSBs of its output type)
+        tolerance = max(REGRESSION_TOLERANCE * span, float(np.max(resolution)) if np.size(resolution) else 0.0, 1e-9)
+        within = np.max(np.abs(reference - simulated), axis=-1) <= tolerance
+        result.update({
+            "decisive_agreement": float(np.mean(within)) if within.size else 1.0,
+            "tolerance": tolerance,
+            "relative_error": float(result["max_abs_error"] / span) if span > 0 else None,
+            "near_ties": 0,
+        })
+        return result
     if labels is not None:
         result["accuracy_reference"] = float(np.mean(reference.argmax(-1) == labels))
         result["accuracy_simulated"] = float(np.mean(simulated.argmax(-1) == labels))
@@ -107,7 +135,8 @@ def first_divergence(project, canonical: ModelWrapper, x_canonical: np.ndarray, 
     xs = x_canonical[:max_samples]
     traces = project.trace(xs)
     in_name = canonical.graph.input[0].name
-    contexts = [oxe.execute_onnx(canonical, {in_name: s[None]}, return_full_exec_context=True) for s in xs]
+    shape = [1, *canonical.get_tensor_shape(in_name)[1:]]
+    contexts = [oxe.execute_onnx(canonical, {in_name: s.reshape(shape)}, return_full_exec_context=True) for s in xs]
     for layer in project.layers:
         if layer.name not in traces or layer.onnx_tensor not in contexts[0]:
             continue

@@ -20,9 +20,11 @@ def gemm6_model() -> onnx.ModelProto:
     b = numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b")
     node = helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=1, broadcast=1, name="fc")
     relu = helper.make_node("Relu", ["g"], ["y"], name="act")
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])]
+    # IR 3 requires every initializer to be listed as a graph input too, as old exporters did
+    inputs += [helper.make_tensor_value_info(t.name, TensorProto.FLOAT, list(t.dims)) for t in (w, b)]
     graph = helper.make_graph(
-        [node, relu], "old", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], initializer=[w, b],
+        [node, relu], "old", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], initializer=[w, b],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)], ir_version=3)
 

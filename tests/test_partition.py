@@ -87,9 +87,10 @@ def test_layouts_convert_at_the_seams_of_a_cnn(tmp_path):
     assert [s["placement"] for s in segments] == ["fpga", "cpu", "fpga"] and segments[1]["nodes"] == ["upsample"]
     meta = json.loads((tmp_path / "cnn" / "edgec.json").read_text())
     assert meta["segments"][0]["input_perm"] == [0, 2, 3, 1] and meta["segments"][2]["input_perm"] == [0, 2, 3, 1]  # NCHW -> NHWC in
-    # the first FPGA segment hands the CPU NCHW: qonnx's channels-last conversion ends it with a transpose
+    # the first FPGA segment hands the CPU NCHW: the seam converts its channels-last output (output_perm), not an FPGA transpose
     assert meta["segments"][1]["input_shape"] == [1, 4, 6, 6] and meta["segments"][1]["output_shape"] == [1, 4, 12, 12]
-    assert "Transpose" in [layer["op"] for layer in report["layers"] if layer["segment"] == "seg0_fpga"]
+    assert meta["segments"][0]["output_perm"] == [0, 3, 1, 2]
+    assert "Transpose" not in [layer["op"] for layer in report["layers"] if layer["segment"] == "seg0_fpga"]
     ver = report["verification"]
     assert ver["argmax_agreement"] == 1.0 and ver["max_abs_error"] < 0.01
 

@@ -12,6 +12,7 @@ import contextlib
 import io
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ class HlsLayer:
     strategy: str | None
     reuse_factor: int | None
     choice_reason: str | None = None
+    activation: str | None = None  # for Activation layers: sigmoid, tanh, relu...
 
 
 def _fixed_of(precision) -> FixedType | None:
@@ -107,11 +109,13 @@ def _set_result(layer, ftype: FixedType) -> None:
     """Set a layer's output type on every object hls4ml keeps for it (the layer's variable, the
     graph's variable table and the layer's result_t)."""
     precision = _ap(ftype)
-    out = layer.outputs[0]
-    layer.get_output_variable().type.precision = precision
-    graph_var = layer.model.output_vars.get(out)
-    if graph_var is not None:
-        graph_var.type.precision = precision
+    for out in layer.outputs:  # every output: a Clone has one per reader
+        variable = layer.get_output_variable(out)
+        if variable is not None:
+            variable.type.precision = precision
+        graph_var = layer.model.output_vars.get(out)
+        if graph_var is not None:
+            graph_var.type.precision = precision
     if "result_t" in layer.types:
         layer.types["result_t"].precision = precision
 
@@ -182,7 +186,11 @@ def _configure_softmax(layer, width: int) -> None:
     _set_result(layer, FixedType(max(width, 2), 1, False, "RND", "SAT"))  # probabilities in [0, 1]
 
 
-def output_resolution(last_op: str, result_precision: str, reference: np.ndarray) -> np.ndarray:
+# hls4ml's sigmoid table covers [-8, 8) (nnet_activation.h): below it the output stays at sigmoid(-8)
+SIGMOID_TABLE_FLOOR = 1.0 / (1.0 + math.exp(8.0))
+
+
+def output_resolution(last_op: str, result_precision: str, reference: np.ndarray, activation: str | None = None) -> np.ndarray:
     """Smallest output difference a design resolves, per sample of ``reference``.
 
     After a Softmax it is one step of the exponential table (relative to the largest probability);
@@ -193,6 +201,8 @@ def output_resolution(last_op: str, result_precision: str, reference: np.ndarray
         return peak * (2.0**SOFTMAX_NORM_INTEGER_BITS / SOFTMAX_TABLE_SIZE)
     match = re.search(r"fixed<(\d+),(-?\d+)", result_precision)
     lsb = 2.0 ** -(int(match.group(1)) - int(match.group(2))) if match else 0.0
+    if (activation or "").lower() == "sigmoid":  # a table lookup: its step and its clamp at +-8
+        lsb = max(lsb, SIGMOID_TABLE_FLOOR, 16.0 / ACTIVATION_TABLE_SIZE / 4.0)
     return np.full(reference.shape[0], 2 * lsb)
 
 
@@ -299,7 +309,12 @@ def input_quantizer_type(model: ModelWrapper) -> FixedType | None:
     consumers = model.find_consumers(model.graph.input[0].name) or []
     if len(consumers) != 1 or consumers[0].op_type != "Quant":
         return None
-    quant = consumers[0]
+    return quant_node_type(model, consumers[0])
+
+
+def quant_node_type(model: ModelWrapper, quant) -> FixedType | None:
+    """The exact ap_fixed type of a power-of-two, zero-point-0 QONNX Quant node (its rounding and
+    saturation included), or None for other quantizers."""
     scale, zeropt, bits = (model.get_initializer(name) for name in quant.input[1:4])
     if scale is None or zeropt is None or bits is None or np.size(scale) != 1 or np.any(zeropt != 0):
         return None
@@ -317,6 +332,29 @@ def input_quantizer_type(model: ModelWrapper) -> FixedType | None:
     return FixedType(width, width + int(round(exponent)), signed, rounding, "SAT_SYM" if narrow and signed else "SAT")
 
 
+def _exact_thresholds(layer, model: ModelWrapper, in_t: FixedType) -> None:
+    """hls4ml's fused sign (``normalize_binary_tanh``) compares its input with thresholds that must
+    have the input's own type, and it rounds them down (wrong for ``x >= t`` unless t is on the grid).
+    Where edgec folded input preprocessing into a threshold (passes/input_threshold.py), set the
+    thresholds to ``ceil(t)`` on the input's grid, typed like the input: exact for every input value."""
+    from edgec.passes.input_threshold import THRESHOLD_MARK
+
+    onnx_name = layer.name.removeprefix("bnbt_").removeprefix("bn_")
+    node = next((n for n in model.graph.node if n.name == onnx_name), None)
+    weight = layer.weights["threshold"]
+    if node is not None and THRESHOLD_MARK in (node.doc_string or "") and model.get_initializer(node.input[1]) is not None:
+        threshold = np.asarray(model.get_initializer(node.input[1]), dtype=np.float64)
+    else:
+        threshold = np.asarray(weight.data, dtype=np.float64)
+    lsb = 2.0 ** -in_t.fractional
+    grid = np.ceil(threshold / lsb) * lsb  # x >= t  <=>  x >= ceil(t) for x on the grid
+    low = -in_t.max_abs if in_t.signed else 0.0
+    grid = np.clip(grid, low, in_t.max_abs - lsb)  # a threshold above every input value saturates at the largest
+    size = int(np.size(weight.data))
+    weight.data = np.broadcast_to(grid.reshape(-1) if grid.size == size else grid.reshape(-1)[:1], (size,)).astype(np.float64).reshape(np.shape(weight.data)).copy()
+    _set_weight_type(layer, "threshold", in_t)
+
+
 def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
     """Set every type of the converted hls4ml graph (see module docstring)."""
     from hls4ml.model.types import XnorPrecisionType
@@ -331,6 +369,10 @@ def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
 
     def calibrated(var: str) -> FixedType | None:
         return plan.tensor_type(_resolve_tensor(model, var, hls_vars))
+
+    def fused_quantizer_type(var: str) -> FixedType | None:
+        producer = model.find_producer(_resolve_tensor(model, var, hls_vars))
+        return quant_node_type(model, producer) if producer is not None and producer.op_type == "Quant" else None
 
     def quantized(var: str) -> bool:
         """hls4ml folded one of the model's quantizers into this variable's type: keep it."""
@@ -371,7 +413,9 @@ def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
             feeds_quantizer = any(_is_quantizer(c) for c in consumers.get(out, []))
             chosen = acc if feeds_quantizer else calibrated(out)
             if quantized(out):
-                chosen = None
+                # hls4ml folded the model's quantizer into this layer: its type is the quantizer's (hls4ml's
+                # PointwiseConv2D replacement drops it, leaving the accumulator type: no rounding, no clipping)
+                chosen = fused_quantizer_type(out)
             if chosen is not None:
                 _set_result(layer, chosen)
             if choice is not None:
@@ -383,6 +427,8 @@ def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
             # +-1 type, since hls4ml's xnor encoding would hand the caller 0 for -1.
             if out in hm.outputs and layer.get_attr("activation") == "binary_tanh":
                 _set_result(layer, FixedType(2, 2))
+        elif cls == "BatchNormalizationQuantizedTanh" and in_t is not None and "threshold" in layer.weights:
+            _exact_thresholds(layer, model, in_t)
         elif cls in ("ApplyAlpha", "BatchNormalization"):
             for wname in ("scale", "bias"):
                 if wname in layer.weights:
@@ -408,7 +454,8 @@ def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
                 _set_result(layer, chosen)
         final = _fixed_of(layer.get_output_variable().type.precision)
         if final is not None:
-            current[out] = final
+            for produced in layer.outputs:  # a Clone (io_stream fan-out) has one output per reader, all of one type
+                current[produced] = final
 
 
 def apply_uniform_precision(hm, precision: FixedType) -> None:
@@ -461,6 +508,72 @@ def _make_weights_relocatable(project_dir: Path, project_name: str) -> None:
     script.write_text(text)
 
 
+def _make_deterministic(hm, model: ModelWrapper, project_dir: Path, project_name: str) -> None:
+    """Make the written project the same on every build of the same model and plan, and re-runnable
+    from where it ends up. hls4ml stamps each project with a random id (library name, build_lib.sh,
+    hls4ml_config.yml) and records the absolute staging folder as ``OutputDir``; edgec derives the
+    stamp from the generated firmware itself, writes ``OutputDir: .`` and saves the model the
+    project was converted from next to the config (``OnnxModel: <project>.onnx``), so
+    ``hls4ml.converters.convert_from_config('hls4ml_config.yml')`` works from inside the folder."""
+    import hashlib
+
+    old = str(hm.config.get_config_value("Stamp"))
+    digest = hashlib.sha256(model.model.SerializeToString(deterministic=True))
+    for path in sorted((project_dir / "firmware").glob("*.h")) + sorted((project_dir / "firmware").glob("*.cpp")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    stamp = digest.hexdigest()[:8]
+    hm.config.config["Stamp"] = stamp
+    script = project_dir / "build_lib.sh"
+    script.write_text(script.read_text().replace(old, stamp))
+    config = project_dir / "hls4ml_config.yml"
+    lines = []
+    for line in config.read_text().splitlines():
+        if line.startswith("OutputDir:"):
+            line = "OutputDir: ."
+        elif line.startswith("Stamp:"):
+            line = f"Stamp: {stamp}"
+        lines.append(line)
+    config.write_text("\n".join(lines) + "\n")
+    model.save(str(project_dir / f"{project_name}.onnx"))
+
+
+def csim_cache_dir() -> Path:
+    """Where compiled C-simulation libraries are kept between builds (XDG cache directory)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgec" / "csim"
+
+
+def _compile_with_cache(hm, project_dir: Path, project_name: str) -> None:
+    """hls4ml's compile() without its write() (which would undo edgec's patches), reusing a library
+    compiled before for the same project: the stamp is a hash of the model and the generated
+    firmware (_make_deterministic), so equal stamps, project names, hls4ml versions and build scripts
+    mean byte-equal sources. A rebuild of the same model, or of the same model under other names,
+    skips g++."""
+    import ctypes
+    import hashlib
+    import shutil
+
+    import hls4ml
+
+    stamp = str(hm.config.get_config_value("Stamp"))
+    library = project_dir / "firmware" / f"{project_name}-{stamp}.so"
+    key = hashlib.sha256(f"{project_name}|{stamp}|{hls4ml.__version__}|".encode() + (project_dir / "build_lib.sh").read_bytes()).hexdigest()[:24]
+    cached = csim_cache_dir() / f"{key}.so"
+    if cached.is_file():
+        shutil.copyfile(cached, library)
+        hm._top_function_lib = ctypes.cdll.LoadLibrary(str(library))
+        log.debug("C simulation library reused from %s", cached)
+        return
+    hm._compile()
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.part")
+        shutil.copyfile(library, partial)
+        partial.replace(cached)
+    except OSError as exc:  # a read-only or full cache only costs the next build a compile
+        log.debug("could not cache the C simulation library: %s", exc)
+
+
 def _onnx_node_for(layer, plan: LoweringPlan) -> str | None:
     """The ONNX MatMul/Conv a Dense/Conv layer came from: hls4ml names it ``<Class>_<node>``."""
     matches = [node for node in plan.layers if layer.name == node or layer.name.endswith(f"_{node}")]
@@ -498,7 +611,53 @@ def _hls_layer_info(layer, plan: LoweringPlan, model: ModelWrapper, hls_vars: se
         strategy=(layer.get_attr("strategy") or "latency").capitalize() if is_linear else None,
         reuse_factor=int(layer.get_attr("reuse_factor") or 1) if is_linear else None,
         choice_reason=choice.reason if choice is not None else None,
+        activation=str(layer.get_attr("activation")) if layer.class_name == "Activation" and layer.get_attr("activation") else None,
     )
+
+
+_GCC_ERROR = re.compile(r"^(?P<file>[^:\s]+):(?P<line>\d+):(?:\d+:)?\s*(?:fatal )?error:\s*(?P<message>.*)$")
+_GCC_REFERENCE = re.compile(r"(?P<file>[^:\s]*firmware/[A-Za-z0-9_]+\.cpp):(?P<line>\d+):")
+
+
+def _layer_at(project_dir: Path, source: str, line_number: int) -> str | None:
+    """The hls4ml layer a line of the generated top function belongs to: hls4ml ends each layer's
+    call with ``// <layer name>``."""
+    path = project_dir / source if not Path(source).is_absolute() else Path(source)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    for text in lines[line_number - 1 : line_number + 3]:
+        match = re.search(r";\s*//\s*([A-Za-z0-9_]+)\s*$", text)
+        if match:
+            return match.group(1)
+    return None
+
+
+def compile_failure(output: str, project_dir: Path, project_name: str, max_errors: int = 3) -> str:
+    """One line for a failed C-simulation compile: the first compiler errors (deduplicated) and the
+    hls4ml layer of the top function they come from."""
+    errors: list[str] = []
+    layers: list[str] = []
+    for text in output.splitlines():
+        match = _GCC_ERROR.match(text.strip())
+        if match:
+            if len(errors) == max_errors:
+                break  # g++ names the top-function line before or at each error: later ones belong to later errors
+            message = " ".join(match.group("message").split())
+            entry = f"{Path(match.group('file')).name}:{match.group('line')}: {message[:240]}"
+            if entry not in errors:
+                errors.append(entry)
+        reference = _GCC_REFERENCE.search(text)
+        if reference:
+            layer = _layer_at(project_dir, reference.group("file"), int(reference.group("line")))
+            if layer and layer not in layers:
+                layers.append(layer)
+    where = f" in layer {', '.join(layers[:3])}" if layers else ""
+    if not errors:
+        tail = " | ".join(line.strip() for line in output.strip().splitlines()[-3:])
+        return f"g++ could not compile the C simulation of {project_name}{where}: {tail[:400] or 'no compiler output'}"
+    return f"g++ could not compile the C simulation of {project_name}{where}: " + " | ".join(errors)
 
 
 @contextlib.contextmanager
@@ -523,7 +682,9 @@ class HlsProject:
 
     def output_resolution(self, reference: np.ndarray) -> np.ndarray:
         """Per sample, the smallest output difference the design resolves (see verify.compare)."""
-        return output_resolution(self.layers[-1].op, self.layers[-1].precision.get("result", ""), reference)
+        computing = [layer for layer in self.layers if layer.op not in PASS_THROUGH_CLASSES]
+        last = computing[-1] if computing else self.layers[-1]
+        return output_resolution(last.op, last.precision.get("result", ""), reference, last.activation)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Run the compiled C simulation on a batch in the canonical (hls4ml) layout."""
@@ -589,13 +750,26 @@ def lower(model: ModelWrapper, plan: LoweringPlan, target: Target, project_dir: 
             apply_uniform_precision(hm, plan.precision)
         _refresh_templates(hm)
         converted = time.perf_counter()
+        hm.config.config["OnnxModel"] = f"{project_name}.onnx"  # the yml names the model file, not a pickled object
         with _quiet():
             hm.write()
             _make_weights_relocatable(project_dir, project_name)
-            hm._compile()  # hls4ml's compile() minus the write(), which would undo the patch above
-        compiled = time.perf_counter()
-    except Exception as exc:  # hls4ml raises bare Exceptions; g++ errors come as RuntimeError
+            _make_deterministic(hm, model, project_dir, project_name)
+    except Exception as exc:  # hls4ml raises bare Exceptions
         raise ToolchainError(f"hls4ml failed to lower the model: {str(exc).splitlines()[0][:300]}") from exc
+    output = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(output):
+            _compile_with_cache(hm, project_dir, project_name)
+    except Exception as exc:  # hls4ml prints g++'s output and raises a bare Exception
+        raise ToolchainError(
+            compile_failure(output.getvalue(), project_dir, project_name),
+            hint="this is a bug in edgec's lowering: please report it with the model; --keep-failed keeps the project",
+        ) from exc
+    finally:
+        for line in output.getvalue().splitlines():
+            log.debug("g++: %s", line)
+    compiled = time.perf_counter()
     layers = list(hm.get_layers())
     hls_vars = {out for layer in layers for out in layer.outputs}
     info = [_hls_layer_info(layer, plan, model, hls_vars) for layer in layers if layer.class_name != "Input"]

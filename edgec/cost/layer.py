@@ -367,11 +367,10 @@ def quantizer_type(model: ModelWrapper, tensor: str) -> FixedType | None:
         return FixedType(1, 1)
     if producer.op_type == "Quant" and len(producer.input) > 3:
         bits = model.get_initializer(producer.input[3])
-        signed = model.get_initializer(producer.input[2]) if len(producer.input) > 2 else None
         if bits is None:
             return None
         width = int(np.asarray(bits).reshape(-1)[0])
-        is_signed = bool(np.asarray(signed).reshape(-1)[0]) if signed is not None else True
+        is_signed = bool(next((a.i for a in producer.attribute if a.name == "signed"), 1))
         return FixedType(max(width, 1), max(width, 1) if is_signed else width, is_signed)
     return None
 

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import version_converter
@@ -21,10 +22,13 @@ from qonnx.transformation.infer_shapes import InferShapes
 from edgec.errors import (
     CorruptModelError,
     DynamicShapeError,
+    InvalidModelError,
     ModelNotFoundError,
     NotOnnxError,
     UnsafeModelError,
+    UnsupportedOpsError,
 )
+from edgec.frontend.isolated import run_isolated
 from edgec.passes.quant.qdq_to_qonnx import convert_quantized_onnx
 
 log = logging.getLogger(__name__)
@@ -94,6 +98,116 @@ def _check_external_data(proto: onnx.ModelProto, base_dir: Path, name: str) -> b
     return found
 
 
+def _node_label(context: str) -> str:
+    """The node onnx.checker's message is about ("Bad node spec for node. Name: X OpType: Y")."""
+    import re
+
+    match = re.search(r"Name:\s*(\S*)\s*OpType:\s*(\S+)", context)
+    if match is None:
+        return ""
+    name, op = match.groups()
+    return f" (node '{name}', {op})" if name else f" (a {op} node)"
+
+
+def check_validity(proto: onnx.ModelProto, name: str, notes: list[str]) -> onnx.ModelProto:
+    """Run onnx.checker's full check (schemas, types, strict shape inference) and make its message
+    the error for an invalid model. Two things exporters write every day are tolerated, with a note:
+    QONNX/FINN files that use their custom domain without importing it, and value_info entries
+    (shapes the exporter recorded for intermediate tensors) that contradict ONNX shape inference:
+    those are dropped, and shapes are inferred again. Returns the model to go on with."""
+    candidate = onnx.ModelProto()
+    candidate.CopyFrom(proto)
+    declared = {imp.domain for imp in candidate.opset_import}
+    for domain in sorted({n.domain for n in candidate.graph.node} - declared - {"", "ai.onnx"}):
+        candidate.opset_import.append(onnx.helper.make_opsetid(domain, 1))
+    if candidate.ir_version < 4 and {i.name for i in candidate.graph.initializer} - {i.name for i in candidate.graph.input}:
+        # IR 3 wants every initializer listed as an input; tools that add initializers to old files
+        # (onnxruntime's quantize_static) don't, and onnxruntime runs them: read them as IR 4, which allows it
+        candidate.ir_version = 4
+        upgraded = onnx.ModelProto()
+        upgraded.CopyFrom(proto)
+        upgraded.ir_version = 4
+        proto = upgraded
+        notes.append("IR version 3 file with initializers that are not graph inputs: read as IR version 4")
+    verdict = _checked(candidate, name)
+    if verdict is None:
+        return proto
+    kind, message = verdict
+    if kind == "ValidationError":
+        raise InvalidModelError(
+            f"{name}: not a valid ONNX model: {message.strip().splitlines()[0]}{_node_label(message)}",
+            hint="onnx.checker rejects it; fix or re-export the model (`python -m onnx.checker` shows the same)",
+        )
+    if not len(candidate.graph.value_info):
+        raise InvalidModelError(
+            f"{name}: not a valid ONNX model: shape inference fails: {' '.join(message.split())[:300]}",
+            hint="onnx.checker rejects it; fix or re-export the model",
+        )
+    del candidate.graph.value_info[:]
+    verdict = _checked(candidate, name)
+    if verdict is not None:
+        raise InvalidModelError(
+            f"{name}: not a valid ONNX model: {' '.join(verdict[1].split())[:300]}",
+            hint="onnx.checker rejects it; fix or re-export the model",
+        )
+    notes.append("the exporter's recorded intermediate shapes (value_info) contradict ONNX shape inference: dropped and inferred again")
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(proto)
+    del fixed.graph.value_info[:]
+    return fixed
+
+
+def check_runs_in_onnxruntime(proto: onnx.ModelProto, name: str) -> None:
+    """onnxruntime is the reference every build is verified against: a standard-ONNX model it cannot
+    load (an opset newer than it knows, a type error the checker lets through) is refused here, in a
+    second, with onnxruntime's reason. QONNX models (custom domains) are run by qonnx instead."""
+    import onnxruntime as ort
+
+    if any(n.domain not in ("", "ai.onnx", "com.microsoft", "ai.onnx.ml") for n in proto.graph.node):
+        return
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for every load failure
+        text = " ".join(str(exc).split())
+        text = text.split(" : ", 3)[-1] if text.startswith("[ONNXRuntimeError]") else text
+        raise UnsupportedOpsError(
+            f"{name}: onnxruntime {ort.__version__}, the reference edgec verifies against, cannot load the model: {text[:300]}",
+            hint="re-export the model with an opset and ops onnxruntime supports",
+        ) from None
+
+
+def _full_check(data: bytes) -> tuple[str, str] | None:
+    """onnx.checker's full check of a serialized model: None if valid, else (error kind, message)."""
+    model = onnx.load_model_from_string(data)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        return "ValidationError", str(exc)
+    except onnx.shape_inference.InferenceError as exc:
+        return "InferenceError", str(exc)
+    return None
+
+
+def _checked(candidate: onnx.ModelProto, name: str) -> tuple[str, str] | None:
+    """The full check, in a forked child: onnx's C++ checker crashes on some malformed files."""
+    outcome = run_isolated(_full_check, candidate.SerializeToString())
+    if outcome.signal is not None:
+        raise InvalidModelError(
+            f"{name}: not a valid ONNX model: onnx.checker crashed on it (signal {outcome.signal})",
+            hint="the file is malformed; re-export the model",
+        )
+    if outcome.error is not None:
+        kind, message = outcome.error
+        if kind in ("ValidationError", "InferenceError"):
+            return kind, message
+        raise InvalidModelError(f"{name}: not a valid ONNX model: {kind}: {' '.join(message.split())[:300]}",
+                                hint="onnx.checker rejects it; fix or re-export the model")
+    return outcome.value
+
+
 def _default_opset(proto: onnx.ModelProto) -> int:
     for imp in proto.opset_import:
         if imp.domain in ("", "ai.onnx"):
@@ -102,26 +216,80 @@ def _default_opset(proto: onnx.ModelProto) -> int:
 
 
 def _upgrade_opset(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """Upgrade the default-domain opset to UPGRADE_TO_OPSET with ONNX's version converter, on a copy
+    (the caller's model is never half-converted). Custom-domain nodes (QONNX ``Quant``...), which the
+    converter does not know, stand in as ``Identity`` placeholders during the conversion and are put
+    back unchanged afterwards, so opset-9 QONNX files (QKeras, older Brevitas) are upgraded too."""
     old = _default_opset(proto)
     if old >= MIN_OPSET:
         return proto
+    work = onnx.ModelProto()
+    work.CopyFrom(proto)
     # IR < 4 requires every initializer to be a graph input too; the converter relies on it.
-    listed = {i.name for i in proto.graph.input}
-    for init in proto.graph.initializer:
+    listed = {i.name for i in work.graph.input}
+    for init in work.graph.initializer:
         if init.name not in listed:
-            proto.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-    # The converter only knows standard ops; models with custom (QONNX) ops that it declines keep
-    # their opset, which qonnx and hls4ml read as they are.
-    custom = [n for n in proto.graph.node if n.domain not in ("", "ai.onnx")]
-    try:
-        converted = version_converter.convert_version(proto, UPGRADE_TO_OPSET)
-    except Exception as exc:  # the converter raises bare RuntimeErrors for unknown adapters
-        if custom:
-            notes.append(f"opset {old} kept: version converter declined ({str(exc).splitlines()[0][:120]})")
+            work.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    custom: dict[str, onnx.NodeProto] = {}
+    for index, node in enumerate(work.graph.node):
+        if node.domain in ("", "ai.onnx"):
+            continue
+        if len(node.output) != 1 or not node.input:
+            notes.append(f"opset {old} kept: custom node {node.name or node.op_type} has {len(node.output)} outputs")
             return proto
-        raise CorruptModelError(f"cannot upgrade opset {old} to {UPGRADE_TO_OPSET}: {str(exc).splitlines()[0]}") from None
-    notes.append(f"upgraded opset {old} -> {UPGRADE_TO_OPSET}")
+        key = f"__edgec_custom_{index}"
+        kept = onnx.NodeProto()
+        kept.CopyFrom(node)
+        custom[key] = kept
+        node.CopyFrom(onnx.helper.make_node("Identity", [node.input[0]], list(node.output), name=key))
+    try:
+        converted = version_converter.convert_version(work, UPGRADE_TO_OPSET)
+    except Exception as exc:  # the converter raises bare RuntimeErrors for unknown adapters
+        raise CorruptModelError(
+            f"cannot upgrade opset {old} to {UPGRADE_TO_OPSET}: {str(exc).splitlines()[0]}",
+            hint="re-export the model with opset 11 or newer",
+        ) from None
+    for node in converted.graph.node:
+        if node.name in custom:
+            node.CopyFrom(custom[node.name])
+    have = {imp.domain for imp in converted.opset_import}
+    for imp in proto.opset_import:
+        if imp.domain not in ("", "ai.onnx") and imp.domain not in have:
+            converted.opset_import.append(imp)
+    converted.ir_version = max(converted.ir_version, 7)  # opset 13 needs IR 7 (onnx/helper.py VERSION_TABLE)
+    # the converter leaves the initializers listed as inputs (IR 3 style): they are constants here
+    _drop_initializer_inputs(converted)
+    notes.append(f"upgraded opset {old} -> {UPGRADE_TO_OPSET}" + (f" ({len(custom)} custom-domain nodes kept as they are)" if custom else ""))
     return converted
+
+
+def _dedupe_value_info(proto: onnx.ModelProto) -> int:
+    """Drop value_info entries that repeat a graph input/output or an earlier entry (onnxruntime's
+    ``quant_pre_process`` and tf2onnx write such; valid ONNX, but qonnx asserts on it). Returns how many."""
+    seen = {vi.name for vi in proto.graph.input} | {vi.name for vi in proto.graph.output}
+    kept = []
+    for vi in proto.graph.value_info:
+        if vi.name not in seen:
+            kept.append(vi)
+            seen.add(vi.name)
+    dropped = len(proto.graph.value_info) - len(kept)
+    if dropped:
+        del proto.graph.value_info[:]
+        proto.graph.value_info.extend(kept)
+    return dropped
+
+
+def _drop_initializer_inputs(proto: onnx.ModelProto) -> int:
+    """Remove graph inputs that are initializers too (``keep_initializers_as_inputs=True`` exports,
+    IR < 4 files): for deployment they are the model's constants, not inputs. Returns how many."""
+    inits = {i.name for i in proto.graph.initializer}
+    kept = [vi for vi in proto.graph.input if vi.name not in inits]
+    dropped = len(proto.graph.input) - len(kept)
+    if dropped:
+        del proto.graph.input[:]
+        proto.graph.input.extend(kept)
+        proto.ir_version = max(proto.ir_version, 4)  # IR 3 required them listed; IR 4 on does not
+    return dropped
 
 
 def _fix_batch(model: ModelWrapper, notes: list[str]) -> None:
@@ -166,6 +334,44 @@ def _strip_batch_from_reshapes(model: ModelWrapper) -> None:
             model.set_initializer(node.input[1], fixed)
 
 
+def _declared_input_quantizer(model: ModelWrapper, notes: list[str]) -> None:
+    """Make a qonnx/FINN datatype annotation on the graph input (BIPOLAR, BINARY, INTn, UINTn) an
+    explicit quantizer at the input, which is the identity on every input the annotation allows:
+    the first layer then sees a quantized input like any other (exact types, XNOR-popcount for a
+    binary input) instead of a float one calibrated to 16 bits."""
+    from edgec.data import declared_datatype
+
+    declared = declared_datatype(model)
+    if declared is None:
+        return
+    name = model.graph.input[0].name
+    consumers = model.find_consumers(name) or []
+    if len(consumers) == 1 and consumers[0].op_type in ("Quant", "BipolarQuant"):
+        return  # the model quantizes its input itself
+    fresh = model.make_new_valueinfo_name()
+    domain = "qonnx.custom_op.general"
+    scale = model.make_new_valueinfo_name()
+    model.set_initializer(scale, np.asarray(1.0, dtype=np.float32))
+    if declared["kind"] == "bipolar":
+        node = onnx.helper.make_node("BipolarQuant", [name, scale], [fresh], name="edgec_input_datatype", domain=domain)
+    else:
+        zeropt, bits = model.make_new_valueinfo_name(), model.make_new_valueinfo_name()
+        model.set_initializer(zeropt, np.asarray(0.0, dtype=np.float32))
+        signed = declared["low"] < 0
+        width = int(np.ceil(np.log2(max(declared["high"], -declared["low"]) + 1))) + (1 if signed else 0)
+        model.set_initializer(bits, np.asarray(float(width), dtype=np.float32))
+        node = onnx.helper.make_node("Quant", [name, scale, zeropt, bits], [fresh], name="edgec_input_datatype", domain=domain,
+                                     signed=int(signed), narrow=0, rounding_mode="ROUND")
+    for consumer in consumers:
+        for i, tensor in enumerate(consumer.input):
+            if tensor == name:
+                consumer.input[i] = fresh
+    model.graph.node.insert(0, node)
+    if not any(imp.domain == domain for imp in model.model.opset_import):
+        model.model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
+    notes.append(f"input '{name}' is annotated {declared['annotation']}: treated as a quantized input ({node.op_type} at the input)")
+
+
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
     """Load a path or ModelProto into a :class:`LoadedModel` with static, batch-1 shapes."""
     notes: list[str] = []
@@ -184,7 +390,12 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
     proto = _parse(data, name)
     if _check_external_data(proto, base_dir, name):
         onnx.load_external_data_for_model(proto, str(base_dir))
+    proto = check_validity(proto, name, notes)
+    _dedupe_value_info(proto)
     proto = _upgrade_opset(proto, notes)
+    if _drop_initializer_inputs(proto):
+        notes.append("initializers also listed as graph inputs (keep_initializers_as_inputs) are treated as constants")
+    check_runs_in_onnxruntime(proto, name)
     model = ModelWrapper(proto)
     _fix_batch(model, notes)
     _strip_batch_from_reshapes(model)
@@ -193,6 +404,8 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
     except Exception as exc:
         raise CorruptModelError(f"{name}: shape inference failed: {str(exc).splitlines()[0][:200]}") from None
     model = convert_quantized_onnx(model, notes)  # onnxruntime QDQ/QOperator -> QONNX Quant
+    _declared_input_quantizer(model, notes)
+    model = model.transform(InferShapes())
     missing = [
         n.name or n.op_type
         for n in model.graph.node

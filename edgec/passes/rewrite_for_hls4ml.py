@@ -6,6 +6,12 @@
 - AveragePool without padding, or with padding counted (count_include_pad=1) -> a depthwise Conv
   with weights 1/kernel_size (hls4ml's depthwise convolution). Exclusive averages over padded
   borders have a different divisor per position and are left for the support check to report.
+- Clip with constant bounds on a computed tensor (ReLU6 and Hardtanh, as every PyTorch/TF export
+  writes them; hls4ml's ONNX reader has no Clip) -> ``lo + Relu(x - lo) - Relu(x - hi)``, which is
+  exactly ``min(max(x, lo), hi)`` and lowers as activations, biases and a Sub (a bound that is
+  absent or infinite drops its term).
+- Squeeze/Unsqueeze of a computed tensor (axes as attribute or, from opset 13, as a constant input)
+  -> the Reshape to its static shape (tf2onnx writes Conv1D as Unsqueeze -> Conv2D -> Squeeze).
 """
 
 from __future__ import annotations
@@ -23,6 +29,24 @@ def _attr(node, name, default=None):
     return default
 
 
+def constant_value(model: ModelWrapper, name: str) -> np.ndarray | None:
+    """An initializer's value, or the value of the ``Constant`` node producing ``name`` (PyTorch's
+    TorchScript exporter writes Clip bounds and shapes as Constant nodes)."""
+    value = model.get_initializer(name)
+    if value is not None:
+        return np.asarray(value)
+    producer = model.find_producer(name)
+    if producer is not None and producer.op_type == "Constant":
+        from onnx import numpy_helper
+
+        for attr in producer.attribute:
+            if attr.name == "value":
+                return numpy_helper.to_array(attr.t)
+            if attr.name in ("value_float", "value_int"):
+                return np.asarray(helper.get_attribute_value(attr))
+    return None
+
+
 class RewriteForHls4ml(Transformation):
     def __init__(self, pooling: bool = True) -> None:
         """``pooling=False`` leaves average pooling alone (cost estimates of hls4ml's own Pooling layers)."""
@@ -33,6 +57,10 @@ class RewriteForHls4ml(Transformation):
     def apply(self, model: ModelWrapper):
         for node in list(model.graph.node):
             if node.op_type == "PRelu" and self._prelu(model, node):
+                return model, True
+            if node.op_type == "Clip" and self._clip(model, node):
+                return model, True
+            if node.op_type in ("Squeeze", "Unsqueeze") and self._squeeze(model, node):
                 return model, True
             if not self.pooling:
                 continue
@@ -80,6 +108,73 @@ class RewriteForHls4ml(Transformation):
         ]
         self._replace(model, node, new_nodes)
         self.records.append({"node": name, "rewrite": "PRelu -> Relu(x) - a*Relu(-x)"})
+        return True
+
+    def _clip(self, model: ModelWrapper, node) -> bool:
+        """min(max(x, lo), hi) = lo + Relu(x - lo) - Relu(x - hi) for lo <= hi (see module docstring)."""
+        x, y, name = node.input[0], node.output[0], node.name or "clip"
+        if constant_value(model, x) is not None:
+            return False  # a constant: folded by cleanup
+        bounds = []
+        for index, attr_name in ((1, "min"), (2, "max")):
+            if len(node.input) > index and node.input[index]:
+                value = constant_value(model, node.input[index])
+                if value is None:
+                    return False  # a bound computed at run time
+                bounds.append(float(np.asarray(value).reshape(-1)[0]) if np.size(value) == 1 else None)
+            else:
+                value = _attr(node, attr_name)
+                bounds.append(float(value) if value is not None else None)
+        lo, hi = bounds
+        if lo is not None and not np.isfinite(lo):
+            lo = None
+        if hi is not None and not np.isfinite(hi):
+            hi = None
+        if lo is None and hi is None:
+            new_nodes = [helper.make_node("Identity", [x], [y], name=name)]
+        else:
+            new_nodes = []
+            names = {k: model.make_new_valueinfo_name() for k in ("low", "high", "shift_lo", "shift_hi", "relu_lo", "relu_hi", "lower", "base")}
+
+            def shifted(bound: float, key: str) -> str:
+                const = model.make_new_valueinfo_name()
+                model.set_initializer(const, np.array(-bound, dtype=np.float32))
+                new_nodes.append(helper.make_node("Add", [x, const], [names[f"shift_{key}"]], name=f"{name}_{key}_shift"))
+                new_nodes.append(helper.make_node("Relu", [names[f"shift_{key}"]], [names[f"relu_{key}"]], name=f"{name}_{key}_relu"))
+                return names[f"relu_{key}"]
+
+            if lo is not None:
+                lower = shifted(lo, "lo")  # max(x, lo) - lo
+                if lo != 0.0:
+                    back = model.make_new_valueinfo_name()
+                    model.set_initializer(back, np.array(lo, dtype=np.float32))
+                    new_nodes.append(helper.make_node("Add", [lower, back], [names["lower"]], name=f"{name}_lo_back"))
+                    lower = names["lower"]
+            else:
+                lower = x
+            if hi is not None:
+                if lo is not None and hi < lo:
+                    return False  # ONNX then gives hi everywhere: not worth a rewrite
+                upper = shifted(hi, "hi")  # max(x, hi) - hi
+                new_nodes.append(helper.make_node("Sub", [lower, upper], [y], name=f"{name}_sub"))
+            else:
+                new_nodes[-1].output[0] = y
+        self._replace(model, node, new_nodes)
+        self.records.append({"node": name, "rewrite": f"Clip [{lo}, {hi}] -> lo + Relu(x - lo) - Relu(x - hi)"})
+        return True
+
+    def _squeeze(self, model: ModelWrapper, node) -> bool:
+        """Squeeze/Unsqueeze of a computed tensor -> Reshape to the (static) output shape."""
+        if model.get_initializer(node.input[0]) is not None:
+            return False
+        out_shape = model.get_tensor_shape(node.output[0])
+        if out_shape is None or any(not isinstance(d, int) or d < 1 for d in out_shape):
+            return False
+        shape_name = model.make_new_valueinfo_name()
+        model.set_initializer(shape_name, np.asarray(out_shape, dtype=np.int64))
+        reshape = helper.make_node("Reshape", [node.input[0], shape_name], [node.output[0]], name=node.name or node.op_type.lower())
+        self._replace(model, node, [reshape])
+        self.records.append({"node": reshape.name, "rewrite": f"{node.op_type} -> Reshape to {list(out_shape)}"})
         return True
 
     def _global_average_pool(self, model: ModelWrapper, node) -> bool:

@@ -92,6 +92,13 @@ class Grid:
             return False
         return np.array_equal(self.scale, other.scale) and np.array_equal(self.zeropt, other.zeropt)
 
+    def same_values(self, other: Grid) -> bool:
+        """True if dequantizing an integer with either grid gives the same value (scale, zero point
+        and axis agree; the integer range may differ, e.g. after a Clip narrowed it)."""
+        if self.scale.size > 1 and self.axis != other.axis:
+            return False
+        return np.array_equal(self.scale, other.scale) and np.array_equal(self.zeropt, other.zeropt)
+
     def quant_params(self, rank: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """Scale, zero point and signedness for a QONNX Quant on a tensor of ``rank`` dimensions.
 
@@ -130,6 +137,59 @@ class Grid:
         return ((q - zeropt).astype(np.float32) * scale).astype(np.float32)
 
 
+def _feeds_weight_input(model: ModelWrapper, tensor: str) -> bool:
+    """Whether ``tensor`` is the weight operand of a Conv/MatMul/Gemm, directly or through the
+    Transpose/Reshape exporters put between (Brevitas QCDQ: ``DequantizeLinear -> Transpose -> MatMul``)."""
+    for _ in range(4):
+        consumers = model.find_consumers(tensor) or []
+        if any(c.op_type in WEIGHT_CONSUMERS and len(c.input) > 1 and c.input[1] == tensor for c in consumers):
+            return True
+        if len(consumers) != 1 or consumers[0].op_type not in ("Transpose", "Reshape", "Flatten", "Unsqueeze"):
+            return False
+        tensor = consumers[0].output[0]
+    return False
+
+
+def _narrowest(grid: Grid, raw: np.ndarray) -> Grid:
+    """The grid of constant integers ``raw`` with the fewest bits that hold them (Brevitas QCDQ stores
+    4-bit weights as int8 clipped to [-7, 7]): a Quant of the float weights at that width is exact."""
+    q = np.asarray(raw).astype(np.int64)
+    if q.size == 0 or np.any(grid.zeropt != 0):
+        return grid
+    for bits in range(2, grid.bits):
+        lo, hi = _int_range(bits, grid.signed)
+        if q.min() >= lo and q.max() <= hi:
+            return Grid(grid.scale, grid.zeropt, bits, grid.signed, grid.axis)
+    return grid
+
+
+def _fold_constant_clips(model: ModelWrapper) -> set[str]:
+    """Clip of a constant integer tensor (Brevitas QCDQ weights: ``Clip(int8 W) -> DequantizeLinear``)
+    evaluated into the constant, keeping its integer type. Returns the clipped constants' names."""
+    folded: set[str] = set()
+    for node in list(model.graph.node):
+        if node.op_type != "Clip" or not node.input:
+            continue
+        raw = model.get_initializer(node.input[0])
+        if raw is None or not np.issubdtype(np.asarray(raw).dtype, np.integer):
+            continue
+        bounds = [model.get_initializer(name) if name else None for name in list(node.input[1:3]) + [""] * (3 - len(node.input))]
+        if any(name and bound is None for name, bound in zip(list(node.input[1:3]), bounds)):
+            continue
+        attrs = _attrs(node)
+        lo = bounds[0] if bounds[0] is not None else attrs.get("min")
+        hi = bounds[1] if bounds[1] is not None else attrs.get("max")
+        clipped = np.asarray(raw)
+        if lo is not None:
+            clipped = np.maximum(clipped, np.asarray(lo).astype(clipped.dtype))
+        if hi is not None:
+            clipped = np.minimum(clipped, np.asarray(hi).astype(clipped.dtype))
+        model.set_initializer(node.output[0], clipped.astype(np.asarray(raw).dtype))
+        model.graph.node.remove(node)
+        folded.add(node.output[0])
+    return folded
+
+
 def _int_range(bits: int, signed: bool) -> tuple[int, int]:
     return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
 
@@ -161,9 +221,12 @@ class ConvertQDQToQONNX(Transformation):
     (left as it was, with the reason).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clipped: set[str] | None = None) -> None:
+        """``clipped``: constant integer tensors a Clip narrowed (their weight quantizers take the
+        fewest bits that hold them)."""
         super().__init__()
         self.records: list[dict] = []
+        self._clipped = set(clipped or ())
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -218,9 +281,11 @@ class ConvertQDQToQONNX(Transformation):
         s_name = self._const_init(model, f"{out}_scale", scale)
         z_name = self._const_init(model, f"{out}_zeropt", zeropt)
         b_name = self._const_init(model, f"{out}_bitwidth", np.array(grid.bits, dtype=np.float32))
-        return helper.make_node(
+        quant = helper.make_node(
             "Quant", [source, s_name, z_name, b_name], [out], name=name, domain=QUANT_DOMAIN, signed=int(signed), narrow=0, rounding_mode="ROUND"
         )
+        self._quant_nodes[out] = quant
+        return quant
 
     def _rank(self, model: ModelWrapper, tensor: str) -> int:
         shape = model.get_tensor_shape(tensor)
@@ -237,13 +302,15 @@ class ConvertQDQToQONNX(Transformation):
             return None
         if name in self._ints:
             floated, known = self._ints[name]
-            return floated if known.same_as(grid) else None
+            return floated if known.same_values(grid) else None
         raw = model.get_initializer(name)
         if raw is None:
             return None
         values = grid.dequantize(raw)
         if not weight:
             return self._const_init(model, f"{name}_float", values)
+        if name in self._clipped:  # QCDQ weights: the Clip said how many bits they use
+            grid = _narrowest(grid, raw)
         float_w = self._const_init(model, f"{name}_float", values)
         out = self._fresh(model, f"{name}_quant")
         emit.append(self._quant_node(model, float_w, out, grid, values.ndim, name=self._fresh(model, f"{name}_Quant")))
@@ -299,12 +366,13 @@ class ConvertQDQToQONNX(Transformation):
                 return None
             if model.get_initializer(ins[0]) is None:
                 return "input is neither constant nor produced by a converted quantizer"
-            consumers = model.find_consumers(node.output[0]) or []
-            weight = grid.bits <= 16 and any(c.op_type in WEIGHT_CONSUMERS and len(c.input) > 1 and c.input[1] == node.output[0] for c in consumers)
+            weight = grid.bits <= 16 and _feeds_weight_input(model, node.output[0])
             floated = self._float_operand(model, ins[0], grid, weight, emit)
             self._alias[node.output[0]] = floated
             self.records.append({"kind": "weight" if weight else "constant", "node": node.name, "tensor": ins[0], "bits": grid.bits})
             return None
+        if op == "Clip" and ins[0] in self._ints:
+            return self._convert_integer_clip(model, node, ins)
         if op in MOVEMENT_OPS and ins[0] in self._ints:
             floated, grid = self._ints[ins[0]]
             out = self._fresh(model, f"{node.output[0]}_float")
@@ -321,6 +389,51 @@ class ConvertQDQToQONNX(Transformation):
                 self.records.append({"kind": "qoperator", "node": node.name, "op": op})
             return why
         return "not a quantization op"
+
+    def _convert_integer_clip(self, model: ModelWrapper, node: NodeProto, ins: list[str]) -> str | None:
+        """QuantizeLinear -> Clip -> DequantizeLinear (Brevitas QCDQ, and qonnx's QuantToQCDQ) writes a
+        quantizer narrower than its integer type: the clip range is folded into the Quant's bit width
+        and narrow flag when it is one (a symmetric or narrow signed range, or [0, 2^b - 1])."""
+        floated, grid = self._ints[ins[0]]
+        quant = self._quant_nodes.get(floated)
+        if quant is None or len(model.find_consumers(ins[0]) or []) != 1:
+            return "clips a quantized tensor that other nodes read too"
+        attrs = _attrs(node)
+        lo = model.get_initializer(ins[1]) if ins[1] else attrs.get("min")
+        hi = model.get_initializer(ins[2]) if ins[2] else attrs.get("max")
+        if lo is None or hi is None or np.size(lo) != 1 or np.size(hi) != 1 or np.any(grid.zeropt != 0):
+            return "clip bounds are not constant scalars on a zero-point-0 grid"
+        lo, hi = float(np.asarray(lo).reshape(-1)[0]), float(np.asarray(hi).reshape(-1)[0])
+        if lo != round(lo) or hi != round(hi):
+            return "clip bounds are not integers"
+        lo, hi = int(lo), int(hi)
+        full_lo, full_hi = _int_range(grid.bits, grid.signed)
+        lo, hi = max(lo, full_lo), min(hi, full_hi)
+        narrowed = None
+        for bits in range(1, grid.bits + 1):
+            for narrow in (0, 1):
+                for signed in (True, False):
+                    b_lo, b_hi = _int_range(bits, signed)
+                    b_lo, b_hi = (b_lo + narrow, b_hi) if signed else (b_lo, b_hi - narrow)
+                    if (b_lo, b_hi) == (lo, hi) and narrowed is None:
+                        narrowed = (bits, signed, narrow)
+        if narrowed is None:
+            return f"clip range [{lo}, {hi}] is not a b-bit integer range"
+        bits, signed, narrow = narrowed
+        model.set_initializer(quant.input[3], np.array(bits, dtype=np.float32))
+        for attr in quant.attribute:
+            if attr.name == "signed":
+                attr.i = int(signed)
+            elif attr.name == "narrow":
+                attr.i = int(narrow)
+        narrowed_grid = Grid(grid.scale, grid.zeropt, bits, signed, grid.axis)
+        self._ints[node.output[0]] = (floated, narrowed_grid)
+        self._on_grid[floated] = narrowed_grid
+        for record in self.records:
+            if record.get("quant") == floated:
+                record.update({"bits": bits, "signed": signed, "narrow": bool(narrow)})
+        self.records.append({"kind": "clip", "node": node.name, "tensor": node.output[0], "bits": bits})
+        return None
 
     def _convert_qoperator(self, model: ModelWrapper, node: NodeProto, ins: list[str], emit: list[NodeProto]) -> str | None:
         op = node.op_type
@@ -409,12 +522,13 @@ class ConvertQDQToQONNX(Transformation):
         self._ints: dict[str, tuple[str, Grid]] = {}  # integer tensor -> (float tensor with its dequantized value, grid)
         self._on_grid: dict[str, Grid] = {}  # float tensor -> grid it lies on exactly
         self._alias: dict[str, str] = {}  # float tensor -> float tensor now carrying the same value
+        self._quant_nodes: dict[str, NodeProto] = {}  # output -> Quant node this pass made
         self._names = {t for n in graph.node for t in list(n.input) + list(n.output)}
         self._names |= {i.name for i in graph.initializer} | {i.name for i in graph.input} | {o.name for o in graph.output}
         new_nodes: list[NodeProto] = []
         for node in list(graph.node):
             emit: list[NodeProto] = []
-            handled = node.op_type in QUANTIZED_OPS or (node.op_type in MOVEMENT_OPS and node.input[0] in self._ints)
+            handled = node.op_type in QUANTIZED_OPS or (node.op_type in (*MOVEMENT_OPS, "Clip") and node.input[0] in self._ints)
             why = self._convert(model, node, emit) if handled else "not a quantization op"
             if why is not None and node.op_type in QUANTIZED_OPS:
                 self.records.append({"kind": "kept", "node": node.name, "op": node.op_type, "reason": why})
@@ -526,7 +640,7 @@ def summarize(records: list[dict]) -> list[str]:
     quantizers = count["quantizer"] + count["identity-quantizer"]
     if quantizers or count["pair"]:
         notes.append(
-            ("" if count["qoperator"] else "onnxruntime QDQ model: ")
+            ("" if count["qoperator"] else "QDQ model (QuantizeLinear/DequantizeLinear pairs, as onnxruntime and Brevitas write them): ")
             + f"{quantizers} QuantizeLinear/{count['pair']} DequantizeLinear node(s) converted to "
             f"{count['quantizer']} QONNX Quant node(s)"
             + (f" ({count['identity-quantizer']} requantizing an already quantized tensor dropped as identities)" if count["identity-quantizer"] else "")
@@ -536,6 +650,10 @@ def summarize(records: list[dict]) -> list[str]:
             f"{count['weight'] + count['constant']} constant DequantizeLinear(s) folded: {count['weight']} weight tensor(s) kept as QONNX Quant "
             f"of their float values, {count['constant']} to float constants"
         )
+    clips = [r for r in records if r["kind"] == "clip"]
+    if clips:
+        notes.append(f"{len(clips)} Clip(s) between QuantizeLinear and DequantizeLinear (QCDQ) folded into their quantizer's bit width "
+                     f"({', '.join(sorted({str(r['bits']) + '-bit' for r in clips}))})")
     for r in records:
         if r["kind"] == "output":
             notes.append(f"output '{r['tensor']}' was {r['was']}: it is now the dequantized float value")
@@ -549,7 +667,7 @@ def convert_quantized_onnx(model: ModelWrapper, notes: list[str]) -> ModelWrappe
     """Load hook: convert an onnxruntime QDQ/QOperator model to QONNX form, adding notes."""
     if not has_quantized_ops(model):
         return model
-    transform = ConvertQDQToQONNX()
+    transform = ConvertQDQToQONNX(clipped=_fold_constant_clips(model))
     model = model.transform(transform)
     model = model.transform(InferShapes())
     notes.extend(summarize(transform.records))
