@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "corpus"
 
 
+FLOAT_FAMILIES = ("tf2onnx-keras2", "keras3", "torch-torchscript", "torch-dynamo")
+
+
 def manifest() -> list[dict]:
     """The corpus entries (tests/corpus/manifest.json)."""
     return json.loads((CORPUS / "manifest.json").read_text())
@@ -51,6 +54,8 @@ def _summary_of(report: dict) -> dict:
         "bit_exact": ver.get("bit_exact"),
         "max_lsb_error": ver.get("max_lsb_error"),
         "simulated_by": ver.get("simulated_by"),
+        "quantization_cost": report.get("quantization_cost"),
+        "exact_at": ver.get("exact_at"),
         "latency_us": totals.get("latency_us"),
         "lut": totals.get("resources", {}).get("lut") if isinstance(totals.get("resources"), dict) else totals.get("lut"),
         "dsp": totals.get("resources", {}).get("dsp") if isinstance(totals.get("resources"), dict) else totals.get("dsp"),
@@ -127,6 +132,22 @@ def _plain_worker(name: str, out: Path) -> None:
     print(json.dumps(row, default=float), flush=True)
 
 
+def ptq_table(rows: list[dict], floats: dict[str, dict]) -> str:
+    """Float vs N-bit build of each float model: latency, LUT, DSP and the LSB error."""
+    lines = ["| model | split | float us / LUT / DSP | quantized us / LUT / DSP | no worse | bit-exact (LSB) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        e, f = r["edgec"], floats.get(r["model"], {})
+        if e["result"] != "verified":
+            lines.append(f"| {r['model']} | {r['split']} | - | {e['result']} ({e.get('exit_code', '-')}) | - | - |")
+            continue
+        fl = f"{f.get('latency_us', '-')} / {f.get('lut', '-')} / {f.get('dsp', '-')}" if f else "-"
+        qc = e.get("quantization_cost") or {}
+        lines.append(f"| {r['model']} | {r['split']} | {fl} | {e['latency_us']} / {e['lut']} / {e['dsp']} | "
+                     f"{'yes' if qc.get('no_worse') else ('no: ' + ', '.join(qc.get('worse_in', [])) if qc else '-')} | "
+                     f"{e.get('bit_exact')} ({e.get('max_lsb_error')}) |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     """The README's markdown table."""
     lines = ["| model | exporter | split | edgec | agreement | max error | s | plain hls4ml |", "|---|---|---|---|---|---|---|---|"]
@@ -150,6 +171,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1200.0)
     parser.add_argument("--table", action="store_true", help="also print the markdown table (to stderr)")
     parser.add_argument("--quantize", help="pass --quantize SPEC to every edgec build (e.g. fixed:bits=8)")
+    parser.add_argument("--float-only", action="store_true", help="only the float models (exported without quantizers)")
     parser.add_argument("--plain-worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -159,6 +181,8 @@ def main() -> None:
     entries = [e for e in manifest() if args.split == "all" or e["split"] == args.split]
     if args.only:
         entries = [e for e in entries if e["name"] in args.only]
+    if args.float_only:
+        entries = [e for e in entries if e["family"] in FLOAT_FAMILIES]
     rows = []
     for entry in entries:
         with tempfile.TemporaryDirectory() as tmp:
@@ -182,7 +206,11 @@ def main() -> None:
         }
     print(json.dumps({"summary": summary, "quantize": args.quantize, "rows": rows}, indent=2, default=float))
     if args.table:
-        print(table(rows), file=sys.stderr)
+        if args.quantize:
+            floats = {r["model"]: (r["edgec"].get("quantization_cost") or {}).get("float", {}) for r in rows}
+            print(ptq_table(rows, floats), file=sys.stderr)
+        else:
+            print(table(rows), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -273,6 +273,64 @@ def _share_the_fabric(planned: list[PlannedSegment], tgt, options: DesignOptions
         raise err
 
 
+COMPARED_METRICS = ("latency_us", "lut", "dsp")
+
+
+def _design_figures(canonical_model, plan: LoweringPlan, options: DesignOptions, device) -> dict:
+    """Latency, LUTs and DSPs the cost model gives a planned FPGA design."""
+    totals = estimate_design(cost_layers(canonical_model, plan, plan.io_type, options), device).totals()
+    return {"latency_us": totals["latency_us"], "lut": int(totals["resources"]["lut"]), "dsp": int(totals["resources"]["dsp"])}
+
+
+def no_worse_than_float(planned: list[PlannedSegment], float_model, x: np.ndarray, tgt, options: DesignOptions, width: int, device) -> dict | None:
+    """Post-training quantization must not make the design worse than the float model's on the same
+    target. The configurator spends what the narrower layers save on parallelism, which can cost
+    more LUTs (narrow products map to LUTs, wide ones to DSPs). When the quantized design is worse
+    than the float one in latency, LUTs or DSPs, the quantized layers are given the float design's
+    strategies and reuse factors instead (same parallelism, narrower arithmetic); the better of the
+    two is kept. Returns the comparison for report.json (None for partitioned builds)."""
+    import copy
+
+    fpga = [p for p in planned if p.segment.placement == "fpga"]
+    if len(planned) != 1 or len(fpga) != 1 or options.reuse_factor is not None or options.strategy is not None:
+        return None
+    quantized = fpga[0]
+    float_canonical = canonicalize(float_model)
+    float_plan = plan_design(float_canonical.model, to_canonical_layout(x, float_canonical.input_perm), tgt, options, width)
+    reference = _design_figures(float_canonical.model, float_plan, options, device)
+    own = _design_figures(quantized.canonical.model, quantized.plan, options, device)
+
+    def worse(figures: dict) -> list[str]:
+        return [k for k in COMPARED_METRICS if figures[k] > reference[k] * (1 + 1e-9)]
+
+    result = {"float": reference, "configured": own, "chosen": "configured", "no_worse": not worse(own)}
+    if worse(own):
+        from edgec.configure import nearest_valid_reuse_factor
+
+        alternative = copy.deepcopy(quantized.plan)
+        for name, choice in alternative.layers.items():
+            source = float_plan.layers.get(name)
+            if source is not None:
+                choice.strategy = "Latency" if choice.depthwise else source.strategy
+                choice.reuse_factor = nearest_valid_reuse_factor(choice, source.reuse_factor)
+                choice.reason = f"the float design's {source.strategy} strategy, reuse factor {source.reuse_factor} (so quantizing does not cost more than the float design)"
+        alternative.notes = [note for note in alternative.notes if not any(note.startswith(f"{name}:") for name in alternative.layers)]
+        alternative.notes += [f"{c.node}: {c.reason}" for c in alternative.layers.values() if c.reuse_factor > 1]
+        figures = _design_figures(quantized.canonical.model, alternative, options, device)
+        result["float_parallelism"] = figures
+        def excess(candidate: dict) -> tuple[int, float]:  # how many figures are worse, then by how much
+            return len(worse(candidate)), sum(candidate[k] / max(reference[k], 1e-9) - 1 for k in worse(candidate))
+
+        if excess(figures) < excess(own):
+            quantized.plan = alternative
+            result["chosen"] = "float_parallelism"
+            result["no_worse"] = not worse(figures)
+            own = figures
+    result["worse_in"] = worse(own)
+    result["excess"] = {k: round(own[k] / max(reference[k], 1e-9) - 1, 4) for k in worse(own)}
+    return result
+
+
 def _render_bundle(staging: Path, segments_meta: list[dict], tgt, model_name: str, x: np.ndarray, simulated: np.ndarray, cross: bool) -> dict:
     """Write ``deploy/`` (PYNQ driver, HLS/Vivado scripts, README; edgec.backends.bundle) for a Zynq
     board; a board or design the bundle cannot serve is reported, not fatal (the build is still valid)."""
@@ -311,8 +369,41 @@ def _render_bundle(staging: Path, segments_meta: list[dict], tgt, model_name: st
     return {"folder": "deploy", "files": sorted(str(path.relative_to(staging)) for path in written)}
 
 
-def _bit_exactness_of(last: PlannedSegment, project, reference: np.ndarray, simulated: np.ndarray, quantized: bool, model) -> dict:
+def _logits_exactness(project, canonical_model, x_canon: np.ndarray) -> dict | None:
+    """For a quantized model ending in Softmax: hls4ml's softmax is table-based, so the output cannot
+    be bit-exact; judge the layer feeding it (the logits) against the quantized reference instead."""
+    import re
+
+    from edgec.backends.hls4ml_backend import PASS_THROUGH_CLASSES
+
+    computing = [layer for layer in project.layers if layer.op not in PASS_THROUGH_CLASSES]
+    if len(computing) < 2 or computing[-1].op != "Softmax":
+        return None
+    logits = computing[-2]
+    n = min(64, x_canon.shape[0])
+    shape = [n, *canonical_model.get_tensor_shape(canonical_model.graph.input[0].name)[1:]]
+    try:
+        reference = tensor_values(canonical_model, x_canon[:n].reshape(shape), [logits.onnx_tensor])[logits.onnx_tensor].reshape(n, -1)
+        simulated = project.trace(x_canon[:n])[logits.name]
+    except (KeyError, ValueError):
+        return None
+    match = re.search(r"fixed<\s*(\d+)\s*,\s*(-?\d+)", logits.precision.get("result", ""))
+    if match is None or reference.shape != simulated.shape:
+        return None
+    lsb = 2.0 ** -(int(match.group(1)) - int(match.group(2)))
+    error = float(np.max(np.abs(reference - simulated))) if reference.size else 0.0
+    return {"bit_exact": error == 0.0, "max_lsb_error": round(error / lsb, 4), "output_lsb": lsb,
+            "exact_at": f"{logits.name} (the logits; {computing[-1].name} is hls4ml's table-based softmax, which no fixed-point design "
+                        f"computes exactly: its own error is in max_abs_error)"}
+
+
+def _bit_exactness_of(last: PlannedSegment, project, reference: np.ndarray, simulated: np.ndarray, quantized: bool, model,
+                      x: np.ndarray | None = None) -> dict:
     if last.segment.placement == "fpga":
+        if quantized and x is not None and last.segment.index == 0:
+            logits = _logits_exactness(project, last.canonical.model, to_canonical_layout(x, last.canonical.input_perm))
+            if logits is not None:
+                return logits
         return bit_exactness(reference, simulated, project.layers[-1].precision.get("result", ""), quantized, output_quantizer_step(model))
     if not quantized:
         return {"bit_exact": None, "max_lsb_error": None}
@@ -413,9 +504,11 @@ def build(
         loaded.model, prune_records = prune_model(loaded.model, prune, x if data is not None else None, y, x, progress,
                                                    target=base_target.name, placement=placement)
         lap("prune", f"{len(prune_records)} pass(es)")
+    float_model = loaded.model
     if quantize:
         enter("quantize", loaded.model)
-        loaded.model, quant_records = quantize_model(loaded.model, quantize, x, y, base_target.name, options, width)
+        # without the user's data the pass calibrates on random inputs itself and says so in its record
+        loaded.model, quant_records = quantize_model(loaded.model, quantize, x if data is not None else None, y, base_target.name, options, width)
         prune_records += quant_records
         lap("quantize", f"{len(quant_records)} pass(es)")
     enter("partition", loaded.model)
@@ -424,6 +517,22 @@ def build(
     placed = prepare(loaded.model).transform(placer)
     pinned = {name for name, where in (placement or {}).items() if where == "fpga"}
     planned, partition_notes = plan_partition(placed, x, tgt, options, width, placer.place, pinned, single_model=loaded.model)
+    float_comparison = None
+    # fixed-point PTQ must not cost more than the float design (mixed precision searches cost itself)
+    if quantize and device is not None and all(str(spec if isinstance(spec, str) else spec[0]).split(":")[0] == "fixed" for spec in quantize):
+        enter("configure", loaded.model)
+        float_comparison = no_worse_than_float(planned, float_model, x, tgt, options, width, device)
+        if float_comparison is not None:
+            line = (f"quantized design vs the float model's on {tgt.name}: latency {float_comparison['float']['latency_us']:.4g} -> "
+                    f"{(float_comparison.get('float_parallelism') if float_comparison['chosen'] == 'float_parallelism' else float_comparison['configured'])['latency_us']:.4g} us")
+            if float_comparison["chosen"] == "float_parallelism":
+                line += "; the configurator's faster design cost more than the float one, so the quantized layers keep the float design's reuse factors"
+            if float_comparison["worse_in"]:
+                chosen = float_comparison.get("float_parallelism") if float_comparison["chosen"] == "float_parallelism" else float_comparison["configured"]
+                line += "; worse in " + ", ".join(f"{k} ({float_comparison['float'][k]} -> {chosen[k]})" for k in float_comparison["worse_in"])
+                if "lut" in float_comparison["worse_in"] and chosen["dsp"] < float_comparison["float"]["dsp"]:
+                    line += ": narrow products map to LUTs where the float ones used DSPs"
+            partition_notes.append(line)
     fpga_parts = [p for p in planned if p.segment.placement == "fpga"]
     cpu_parts = [p for p in planned if p.segment.placement == "cpu"]
     lap("partition", f"{len(fpga_parts)} FPGA and {len(cpu_parts)} CPU segment(s); canonicalized and configured")
@@ -503,7 +612,7 @@ def build(
                         **compare(reference, simulated, y, resolution, task=output_task(loaded.model))}
         verification["simulated_by"] = " -> ".join("C simulation" if p.segment.placement == "fpga" else "TVM host build" for p in planned)
         verification["min_agreement"] = min_agreement
-        verification.update(_bit_exactness_of(last, projects.get(last.segment.index), reference, simulated, loaded.is_qonnx, loaded.model))
+        verification.update(_bit_exactness_of(last, projects.get(last.segment.index), reference, simulated, loaded.is_qonnx, loaded.model, x))
         verification["first_divergence"] = None
         if verification["decisive_agreement"] < min_agreement:
             if single_fpga:
@@ -529,6 +638,7 @@ def build(
             "layers": costs.layers,
             **costs.sections,
             "partition": costs.partition,
+            "quantization_cost": float_comparison,
             "verification": verification,
             "passes": prune_records + [
                 {"name": q["name"], "params": q.get("params", {}), "seconds": q["seconds"], **({"details": q["details"]} if q.get("details") else {})}

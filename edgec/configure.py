@@ -280,7 +280,8 @@ def fit_to_target(model: ModelWrapper, plan: LoweringPlan, target: Target, backe
 HLS4ML_COMPRESSION_WORKS = False
 
 
-def _nearest_valid_reuse_factor(choice: LayerChoice, wanted: int) -> int:
+def nearest_valid_reuse_factor(choice: LayerChoice, wanted: int) -> int:
+    """The smallest reuse factor hls4ml accepts for the layer that is at least ``wanted``."""
     valid = _valid_reuse_factors(choice.n_in, choice.n_out)
     above = [r for r in valid if r >= wanted]
     return above[0] if above else valid[-1]
@@ -326,7 +327,7 @@ def plan_lowering(
                 choice.strategy = "Latency"
                 notes.append(f"{choice.node}: depthwise convolution kept at the Latency strategy (hls4ml 1.3.0's Resource form is wrong in io_stream)")
             wanted = reuse_factor or 1
-            choice.reuse_factor = _nearest_valid_reuse_factor(choice, wanted)
+            choice.reuse_factor = nearest_valid_reuse_factor(choice, wanted)
             choice.reason = f"set by the user: {choice.strategy} strategy, reuse factor {choice.reuse_factor}"
             if choice.reuse_factor != wanted:
                 notes.append(f"{choice.node}: reuse factor {wanted} is not valid for a {choice.n_in}x{choice.n_out} kernel in hls4ml; using {choice.reuse_factor}")

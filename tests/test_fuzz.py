@@ -189,49 +189,64 @@ def run_cli(args: list[str]) -> tuple[int, str]:
     return code, err.getvalue()
 
 
+def run_case(job: tuple[int, str, str, str]) -> tuple[int, int, str, list[str]]:
+    """Build one fuzzed model through the CLI and check the contract; returns
+    (index, exit code, label, problems). Runs in a worker process."""
+    import shutil
+
+    index, base, kind, folder = job
+    case = Path(folder)
+    out = case / "build"
+    code, err = run_cli(["build", str(case / "model.onnx"), "-o", str(out), "--no-cross", "--target", "pynq-z2"])
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    label = f"case {index} ({base}, {kind}): exit {code}: {err.strip()[-300:]}"
+    problems = []
+    if "Traceback" in err:
+        problems.append("traceback: " + label)
+    if list(case.glob(".build.edgec-*")):
+        problems.append("staging folder left: " + label)
+    if code == 0:
+        if not (out / "report.json").is_file():
+            problems.append("exit 0 without a report: " + label)
+    else:
+        if out.exists():
+            problems.append("half-written build folder: " + label)
+        if not lines or not lines[-1].startswith("edgec: error:"):
+            problems.append("no one-line error: " + label)
+    if out.exists():  # keep the disk small: finished builds are not needed any more
+        shutil.rmtree(out)
+    return index, code, label, problems
+
+
 @pytest.mark.slow
 def test_fuzzed_corpus_models_fail_cleanly(tmp_path):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     cases = int(os.environ.get("EDGEC_FUZZ_CASES", "520"))
     rng = random.Random(12)
     bases = {name: _load(name) for name in BASE_MODELS}
-    outcomes: Counter = Counter()
-    problems = []
-    internal: list[str] = []
+    jobs = []
     for index in range(cases):
         base = rng.choice(BASE_MODELS)
         kind, data = mutate(bases[base], rng)
         case = tmp_path / f"case{index}"
         case.mkdir()
-        model = case / "model.onnx"
-        model.write_bytes(data)
-        out = case / "build"
-        code, err = run_cli(["build", str(model), "-o", str(out), "--no-cross", "--target", "pynq-z2"])
-        outcomes[code] += 1
-        lines = [line for line in err.strip().splitlines() if line.strip()]
-        label = f"case {index} ({base}, {kind}): exit {code}: {err.strip()[-300:]}"
-        if "Traceback" in err:
-            problems.append("traceback: " + label)
-        staging = list(case.glob(".build.edgec-*"))
-        if staging:
-            problems.append("staging folder left: " + label)
-        if code == 0:
-            if not (out / "report.json").is_file():
-                problems.append("exit 0 without a report: " + label)
-        else:
-            if out.exists():
-                problems.append("half-written build folder: " + label)
-            if not lines or not lines[-1].startswith("edgec: error:"):
-                problems.append("no one-line error: " + label)
-            if code == 70:
-                outcomes["internal"] += 1
-                internal.append(label)
-        # keep the disk small: finished builds are not needed any more
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
+        (case / "model.onnx").write_bytes(data)
+        jobs.append((index, base, kind, str(case)))
+    # the cases are independent: one worker per core (spawned, so no onnxruntime thread pool is forked)
+    workers = max(1, min(2, os.cpu_count() or 1))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = sorted(pool.map(run_case, jobs, chunksize=4))
+    outcomes: Counter = Counter(code for _, code, _, _ in results)
+    problems = [p for *_, found in results for p in found]
+    internal = [label for _, code, label, _ in results if code == 70]
     print(f"fuzz outcomes by exit code: {dict(outcomes)}")
-    for label in internal:
-        print("internal error (a bug, reported cleanly):", label)
+    for _, code, label, _ in results:
+        if code == 20:  # the generated project did not compile: worth a look
+            print("toolchain error:", label)
     assert not problems, "\n".join(problems[:20])
-    assert sum(v for k, v in outcomes.items() if k != "internal") == cases
+    # a one-line internal error is clean, but still a bug: every one found so far was turned into
+    # a proper error (NaN attributes, unknown rounding modes, unrunnable shapes...)
+    assert not internal, "internal errors:\n" + "\n".join(internal[:20])
+    assert sum(outcomes.values()) == cases

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnx import helper
+from onnx import TensorProto, helper
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.transformation.batchnorm_to_affine import BatchNormToAffine
 from qonnx.transformation.gemm_to_matmul import GemmToMatMul
@@ -54,6 +54,14 @@ def _add_missing_gemm_bias(model: ModelWrapper) -> None:
             name = model.make_new_valueinfo_name()
             model.set_initializer(name, np.zeros(out_shape[-1], dtype=np.float32))
             node.input.append(name)
+
+
+def _alpha_beta_as_float32(model: ModelWrapper, existing: set[str]) -> None:
+    """qonnx's GemmToMatMul writes a Gemm's alpha/beta (when not 1) as float64 scalars, which
+    onnxruntime then refuses to multiply with the float32 tensors: store the new ones as float32."""
+    for init in list(model.graph.initializer):
+        if init.name not in existing and init.data_type == TensorProto.DOUBLE:
+            model.set_initializer(init.name, model.get_initializer(init.name).astype(np.float32))
 
 
 def _fill_conv_defaults(model: ModelWrapper) -> None:
@@ -303,7 +311,9 @@ def canonicalize(model: ModelWrapper, for_estimate: bool = False) -> CanonicalMo
     model = _run(model, FoldInputAffineIntoThreshold(), passes, "edgec.FoldInputAffineIntoThreshold")
     _add_missing_gemm_bias(model)
     _fill_conv_defaults(model)
+    before_gemm = {init.name for init in model.graph.initializer}
     model = _run(model, GemmToMatMul(), passes, "qonnx.GemmToMatMul")
+    _alpha_beta_as_float32(model, before_gemm)
     _push_transposes_into_weight_quantizers(model)
     model = _run(model, FoldConstantQuantizers(only_non_weights=True), passes, "edgec.FoldConstantQuantizers", weights=False)
     model = _run(model, BatchNormToAffine(), passes, "qonnx.BatchNormToAffine")

@@ -24,6 +24,12 @@ class Outcome:
 
 
 def _child(conn, function: Callable, args: tuple) -> None:
+    import faulthandler
+    import os
+
+    faulthandler.disable()  # a crash here is an answer, not something to dump on the user's terminal
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
     try:
         result = Outcome(value=function(*args))
     except BaseException as exc:  # report any failure to the parent, which decides what it means
@@ -36,9 +42,12 @@ def _child(conn, function: Callable, args: tuple) -> None:
 
 
 def run_isolated(function: Callable, *args, timeout: float = 300.0) -> Outcome:
-    """``function(*args)`` in a forked child; falls back to running in-process where fork is unavailable."""
+    """``function(*args)`` in a forked child; falls back to running in-process where fork is
+    unavailable (or edgec itself runs in a daemonic multiprocessing worker)."""
     try:
         context = multiprocessing.get_context("fork")
+        if multiprocessing.current_process().daemon:  # a daemonic worker (multiprocessing.Pool) may not fork
+            raise ValueError("no children from a daemonic process")
     except ValueError:
         try:
             return Outcome(value=function(*args))

@@ -25,6 +25,7 @@ from edgec.errors import (
     InvalidModelError,
     ModelNotFoundError,
     NotOnnxError,
+    TargetFitError,
     UnsafeModelError,
     UnsupportedOpsError,
 )
@@ -75,7 +76,77 @@ def _parse(data: bytes, name: str) -> onnx.ModelProto:
         raise NotOnnxError(f"{name}: not an ONNX model", hint="pass a .onnx file exported by PyTorch, Keras, Brevitas or QONNX") from None
     if not looks_like_onnx or not proto.HasField("graph") or len(proto.graph.node) == 0:
         raise NotOnnxError(f"{name}: not an ONNX model (no graph found)", hint="pass a .onnx file exported by PyTorch, Keras, Brevitas or QONNX")
+    _check_text_fields(proto, name)
     return proto
+
+
+def _check_text_fields(proto: onnx.ModelProto, name: str) -> None:
+    """Names, op types and domains are text; protobuf hands back bytes where a damaged file holds
+    bytes that are not UTF-8. Refuse those here, naming where, instead of failing somewhere later."""
+    graph = proto.graph
+    fields: list[tuple[str, object]] = [(f"opset domain #{i}", imp.domain) for i, imp in enumerate(proto.opset_import)]
+    for index, node in enumerate(graph.node):
+        label = f"node #{index}"
+        fields += [(label + " name", node.name), (label + " op type", node.op_type), (label + " domain", node.domain)]
+        fields += [(label + " input", t) for t in node.input] + [(label + " output", t) for t in node.output]
+        fields += [(label + " attribute name", a.name) for a in node.attribute]
+    for kind, items in (("input", graph.input), ("output", graph.output), ("value_info", graph.value_info), ("initializer", graph.initializer)):
+        fields += [(f"graph {kind} #{i}", item.name) for i, item in enumerate(items)]
+    for where, value in fields:
+        if not isinstance(value, str):
+            raise CorruptModelError(
+                f"{name}: ONNX file is damaged: the {where} is not valid UTF-8 text",
+                hint="re-export or re-download the model",
+            )
+
+
+_QUANT_ROUNDING = ("ROUND", "HALF_EVEN", "CEIL", "FLOOR", "ROUND_TO_ZERO", "HALF_UP", "HALF_DOWN", "UP", "DOWN")
+# consumers for which an infinite constant is meaningful (bounds, masks)
+_INF_CONSUMERS = {"Clip", "Max", "Min", "Where", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal", "IsInf"}
+
+
+def check_values(proto: onnx.ModelProto, name: str) -> None:
+    """Refuse what onnx.checker lets through but no hardware can implement: NaN weights or
+    attributes, infinite weights, and QONNX quantizers with an unknown rounding mode or flags."""
+    from onnx import numpy_helper
+
+    consumers: dict[str, list[str]] = {}
+    for node in proto.graph.node:
+        for tensor in node.input:
+            consumers.setdefault(tensor, []).append(node.op_type)
+        label = f"node '{node.name}' ({node.op_type})" if node.name else f"a {node.op_type} node"
+        for attr in node.attribute:
+            values = [attr.f] if attr.type == onnx.AttributeProto.FLOAT else list(attr.floats)
+            if any(np.isnan(v) for v in values):
+                raise InvalidModelError(f"{name}: {label}: attribute '{attr.name}' is NaN", hint="fix or re-export the model")
+        if node.op_type in ("Quant", "BipolarQuant", "Trunc") and node.domain not in ("", "ai.onnx"):
+            attrs = {a.name: a for a in node.attribute}
+            if "rounding_mode" in attrs:
+                mode = attrs["rounding_mode"].s
+                mode = mode.decode("utf-8", "backslashreplace") if isinstance(mode, bytes) else str(mode)
+                if mode.upper() not in _QUANT_ROUNDING:
+                    raise InvalidModelError(
+                        f"{name}: {label}: unknown rounding_mode '{mode}' (QONNX knows {', '.join(_QUANT_ROUNDING)})",
+                        hint="fix or re-export the model",
+                    )
+            for flag in ("signed", "narrow"):
+                if flag in attrs and attrs[flag].i not in (0, 1):
+                    raise InvalidModelError(f"{name}: {label}: attribute '{flag}' is {attrs[flag].i}; QONNX wants 0 or 1",
+                                            hint="fix or re-export the model")
+    for init in proto.graph.initializer:
+        if init.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
+            continue
+        try:
+            array = numpy_helper.to_array(init)
+        except Exception:  # a size mismatch; onnx.checker's full check reports it with more detail
+            continue
+        if np.isnan(array).any():
+            raise InvalidModelError(f"{name}: initializer '{init.name}' contains NaN", hint="fix or re-export the model")
+        if np.isinf(array).any() and not set(consumers.get(init.name, [])) <= _INF_CONSUMERS:
+            raise InvalidModelError(
+                f"{name}: initializer '{init.name}' contains infinite values (used by {', '.join(sorted(set(consumers.get(init.name, []))))})",
+                hint="fix or re-export the model",
+            )
 
 
 def _check_external_data(proto: onnx.ModelProto, base_dir: Path, name: str) -> bool:
@@ -157,25 +228,112 @@ def check_validity(proto: onnx.ModelProto, name: str, notes: list[str]) -> onnx.
     return fixed
 
 
+# Inputs larger than this (values per sample) are refused before any data is made: edge FPGA
+# designs stream far smaller tensors, and calibration holds a few hundred samples in memory.
+MAX_INPUT_VALUES = 1 << 22
+_NUMERIC_TYPES = {
+    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+    onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16,
+    onnx.TensorProto.INT32, onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64,
+}
+
+
+def _input_shapes(proto: onnx.ModelProto, name: str) -> dict[str, tuple[list[int], int]]:
+    """Declared shape (dynamic or invalid dims read as 1) and element type of each real graph input;
+    refuses inputs too large to calibrate and verify."""
+    inits = {i.name for i in proto.graph.initializer}
+    shapes = {}
+    for vi in proto.graph.input:
+        if vi.name in inits:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in vi.type.tensor_type.shape.dim]
+        values = int(np.prod(dims[1:], dtype=np.int64)) if len(dims) > 1 else int(np.prod(dims, dtype=np.int64))
+        if values > MAX_INPUT_VALUES:
+            raise TargetFitError(
+                f"{name}: input '{vi.name}' has {values:,} values per sample (shape {dims}); edgec builds designs for inputs "
+                f"up to {MAX_INPUT_VALUES:,} values",
+                hint="check the input shape the model declares; tile or downscale the input",
+            )
+        elem_type = vi.type.tensor_type.elem_type
+        if elem_type in (onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING, onnx.TensorProto.BOOL) or elem_type not in _NUMERIC_TYPES:
+            kind = onnx.TensorProto.DataType.Name(elem_type) if elem_type in onnx.TensorProto.DataType.values() else str(elem_type)
+            raise InvalidModelError(
+                f"{name}: input '{vi.name}' has element type {kind}; edgec builds models with numeric inputs",
+                hint="declare the input as float (or an integer type) and re-export the model",
+            )
+        shapes[vi.name] = (dims, elem_type)
+    return shapes
+
+
+def _onnxruntime_message(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text.split(" : ", 3)[-1] if text.startswith("[ONNXRuntimeError]") else text
+
+
 def check_runs_in_onnxruntime(proto: onnx.ModelProto, name: str) -> None:
     """onnxruntime is the reference every build is verified against: a standard-ONNX model it cannot
-    load (an opset newer than it knows, a type error the checker lets through) is refused here, in a
-    second, with onnxruntime's reason. QONNX models (custom domains) are run by qonnx instead."""
+    load or run once (an opset newer than it knows, a type error the checker lets through, a Reshape
+    that contradicts the declared input shape) is refused here, in a second, with onnxruntime's
+    reason. QONNX models (custom domains) are run by qonnx instead (:func:`check_runs_in_qonnx`)."""
     import onnxruntime as ort
 
+    opset, newest = _default_opset(proto), onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise UnsupportedOpsError(
+            f"{name}: the model imports ONNX opset {opset}; onnx {onnx.__version__} knows opsets up to {newest}",
+            hint=f"re-export the model with opset {newest} or older",
+        )
+    shapes = _input_shapes(proto, name)
     if any(n.domain not in ("", "ai.onnx", "com.microsoft", "ai.onnx.ml") for n in proto.graph.node):
         return
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     try:
-        ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for every load failure
-        text = " ".join(str(exc).split())
-        text = text.split(" : ", 3)[-1] if text.startswith("[ONNXRuntimeError]") else text
         raise UnsupportedOpsError(
-            f"{name}: onnxruntime {ort.__version__}, the reference edgec verifies against, cannot load the model: {text[:300]}",
+            f"{name}: onnxruntime {ort.__version__}, the reference edgec verifies against, cannot load the model: {_onnxruntime_message(exc)[:300]}",
             hint="re-export the model with an opset and ops onnxruntime supports",
+        ) from None
+    if any(not d.HasField("dim_value") or d.dim_value <= 0
+           for vi in proto.graph.input if vi.name in shapes for d in vi.type.tensor_type.shape.dim[1:]):
+        return  # a dynamic dimension other than the batch is refused with its name by _fix_batch
+    feeds = {}
+    for meta in session.get_inputs():
+        dims, elem_type = shapes.get(meta.name, ([1], onnx.TensorProto.FLOAT))
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type) if elem_type else np.float32
+        feeds[meta.name] = np.ones(dims, dtype=dtype)
+    try:
+        session.run(None, feeds)
+    except Exception as exc:
+        shown = ", ".join(f"'{k}' {list(v.shape)}" for k, v in feeds.items())
+        raise InvalidModelError(
+            f"{name}: onnxruntime cannot run the model on an input of the declared shape ({shown}): {_onnxruntime_message(exc)[:300]}",
+            hint="the model's declared input shape or types contradict its nodes; fix or re-export the model",
+        ) from None
+
+
+def check_runs_in_qonnx(model: ModelWrapper, name: str) -> None:
+    """Run a QONNX model (custom-domain quantizers) once with qonnx's executor on an input of ones
+    (valid for every declared input datatype: BIPOLAR, INT, UINT, float): a model that cannot run
+    is refused here, with the reason, not in the middle of calibration."""
+    from qonnx.core import onnx_exec as oxe
+
+    if not any(n.domain not in ("", "ai.onnx", "com.microsoft", "ai.onnx.ml") for n in model.graph.node):
+        return
+    feeds = {}
+    for vi in model.graph.input:
+        shape = model.get_tensor_shape(vi.name) or [1]
+        elem_type = vi.type.tensor_type.elem_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type) if elem_type else np.float32
+        feeds[vi.name] = np.ones(shape, dtype=dtype)
+    try:
+        oxe.execute_onnx(model, feeds)
+    except Exception as exc:  # qonnx and onnxruntime raise many exception types for a model that cannot run
+        raise InvalidModelError(
+            f"{name}: the model cannot be run (qonnx executor, onnxruntime per node): {_onnxruntime_message(exc)[:300]}",
+            hint="the model's declared shapes, types or attributes contradict its nodes; fix or re-export the model",
         ) from None
 
 
@@ -395,6 +553,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
     proto = _upgrade_opset(proto, notes)
     if _drop_initializer_inputs(proto):
         notes.append("initializers also listed as graph inputs (keep_initializers_as_inputs) are treated as constants")
+    check_values(proto, name)
     check_runs_in_onnxruntime(proto, name)
     model = ModelWrapper(proto)
     _fix_batch(model, notes)
@@ -403,6 +562,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
         model = model.transform(InferShapes())
     except Exception as exc:
         raise CorruptModelError(f"{name}: shape inference failed: {str(exc).splitlines()[0][:200]}") from None
+    check_runs_in_qonnx(model, name)
     model = convert_quantized_onnx(model, notes)  # onnxruntime QDQ/QOperator -> QONNX Quant
     _declared_input_quantizer(model, notes)
     model = model.transform(InferShapes())

@@ -34,7 +34,7 @@ from qonnx.core.modelwrapper import ModelWrapper
 
 from edgec.errors import OptionError
 from edgec.passes.prune.base import PruningPass
-from edgec.passes.prune.common import WeightRef, layer_ops, max_drop_points, model_outputs, prunable_layers
+from edgec.passes.prune.common import WeightRef, agreeing_samples, layer_ops, max_drop_points, model_outputs, prunable_layers
 
 DEFAULT_LADDER = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
 # Allocation cost of a ladder point: the metric drop in points, plus this many points per percent
@@ -181,12 +181,12 @@ class BnnLatentPruning(PruningPass):
 
     def _measure(self, model: ModelWrapper) -> tuple[float, np.ndarray]:
         """(metric in [0, 1], predictions) on the evaluation samples, as ``ctx.evaluate`` scores."""
-        predicted = model_outputs(model, self.ctx.eval_x()).argmax(-1)
+        outputs = model_outputs(model, self.ctx.eval_x())
+        predicted = outputs.argmax(-1)
         if self.ctx.y is not None:
-            truth = self.ctx.y[: len(predicted)]
-        else:
-            truth = self.ctx._reference  # the unpruned model's predictions (set_reference)
-        return float(np.mean(predicted == truth)), predicted
+            return float(np.mean(predicted == self.ctx.y[: len(predicted)])), predicted
+        # the unpruned model's outputs (set_reference): same class and outputs close, as ctx.evaluate scores
+        return float(np.mean(agreeing_samples(self.ctx._reference, outputs))), predicted
 
     def _sensitivity(self, model: ModelWrapper, layers: list[BinaryLayer], baseline: float, predicted: np.ndarray) -> None:
         """Fill each layer's ladder: the metric drop (points) and the fraction of changed predictions

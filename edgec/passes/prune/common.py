@@ -156,6 +156,23 @@ def totals(stats: dict[str, dict]) -> tuple[int, int]:
     return sum(s["ops"] for s in stats.values()), sum(s["nonzero"] for s in stats.values())
 
 
+AGREEMENT_DEVIATION = 0.25  # a sample's outputs may move this much (relative L2) and still agree
+
+
+def agreeing_samples(reference: np.ndarray, outputs: np.ndarray) -> np.ndarray:
+    """Per sample: same top class and outputs within AGREEMENT_DEVIATION (relative L2) of the reference."""
+    same = reference.argmax(-1) == outputs.argmax(-1)
+    norm = np.linalg.norm(reference, axis=-1)
+    moved = np.linalg.norm(outputs - reference, axis=-1)
+    return same & (moved <= AGREEMENT_DEVIATION * np.maximum(norm, 1e-12))
+
+
+def relative_rms(reference: np.ndarray, outputs: np.ndarray) -> float:
+    """RMS of the change over RMS of the reference."""
+    scale = float(np.sqrt(np.mean(np.square(reference)))) if reference.size else 0.0
+    return float(np.sqrt(np.mean(np.square(outputs - reference)))) / scale if scale > 0 else 0.0
+
+
 @dataclass
 class PruneContext:
     """Data and the quality metric the passes use: accuracy with labels, otherwise argmax
@@ -186,16 +203,28 @@ class PruneContext:
 
     def set_reference(self, model: ModelWrapper) -> None:
         if self.x is not None and self.y is None:
-            self._reference = model_outputs(model, self.eval_x()).argmax(-1)
+            self._reference = model_outputs(model, self.eval_x())
 
     def evaluate(self, model: ModelWrapper) -> float | None:
-        """Accuracy (or agreement with the unpruned model) in [0, 1]; None without data."""
+        """Accuracy, or without labels agreement with the unchanged model, in [0, 1]; None without data.
+
+        A sample agrees when its top class is the same *and* its outputs moved by at most
+        AGREEMENT_DEVIATION of their L2 norm: on random inputs a degenerate model (one that says
+        the same class for everything, e.g. quantized to 2 bits) keeps its argmax but not its outputs."""
         if self.x is None:
             return None
-        predicted = model_outputs(model, self.eval_x()).argmax(-1)
+        outputs = model_outputs(model, self.eval_x())
         if self.y is not None:
-            return float(np.mean(predicted == self.y[:MAX_EVAL_SAMPLES]))
-        return float(np.mean(predicted == self._reference))
+            return float(np.mean(outputs.argmax(-1) == self.y[:MAX_EVAL_SAMPLES]))
+        if self._reference is None:  # the first model evaluated is the one the others are compared with
+            self._reference = outputs
+        return float(np.mean(agreeing_samples(self._reference, outputs)))
+
+    def deviation(self, model: ModelWrapper) -> float | None:
+        """How far the outputs moved from the unchanged model's: relative RMS over the data (None without a reference)."""
+        if self.x is None or self._reference is None:
+            return None
+        return relative_rms(self._reference, model_outputs(model, self.eval_x()))
 
     def say(self, line: str) -> None:
         if self.progress is not None:

@@ -79,7 +79,7 @@ import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
 
 from edgec.errors import DataError, OptionError
-from edgec.passes.prune.common import MAX_EVAL_SAMPLES, model_outputs, prunable_layers
+from edgec.passes.prune.common import MAX_EVAL_SAMPLES, agreeing_samples, model_outputs, prunable_layers
 from edgec.passes.quant.calibrate import calibrate_ranges
 from edgec.passes.quant.fixed import FixedPointQuantization, keeps_existing_quantizers
 from edgec.passes.quant.registry import QuantizationPass
@@ -303,7 +303,7 @@ class MixedPrecision(QuantizationPass):
         self.units = self._make_units()
         self._x_eval = self.x[:MAX_EVAL_SAMPLES]
         self._y_eval = None if self.y is None else self.y[:MAX_EVAL_SAMPLES]
-        self._reference = model_outputs(model, self._x_eval).argmax(-1) if self._y_eval is None else None
+        self._reference = model_outputs(model, self._x_eval) if self._y_eval is None else None
         self.baseline = self._metric(model)
         self._cache: dict[tuple[int, ...], Point] = {}
         self._points: list[Point] = []
@@ -470,9 +470,11 @@ class MixedPrecision(QuantizationPass):
         return "accuracy" if self._y_eval is not None else "agreement"
 
     def _metric(self, model: ModelWrapper) -> float:
-        predicted = model_outputs(model, self._x_eval).argmax(-1)
-        target = self._y_eval if self._y_eval is not None else self._reference
-        return float(np.mean(predicted == target))
+        outputs = model_outputs(model, self._x_eval)
+        if self._y_eval is not None:
+            return float(np.mean(outputs.argmax(-1) == self._y_eval))
+        # without labels: same class and outputs close to the unquantized model's (passes/prune/common.py)
+        return float(np.mean(agreeing_samples(self._reference, outputs)))
 
     def _estimate(self, model: ModelWrapper, x: np.ndarray) -> dict:
         """LUT/DSP/FF/BRAM, latency and energy of ``model``'s design, as the build would configure it."""

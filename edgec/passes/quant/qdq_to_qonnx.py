@@ -663,10 +663,57 @@ def summarize(records: list[dict]) -> list[str]:
     return notes
 
 
+def _conv_integer_as_float(model: ModelWrapper) -> int:
+    """``ConvInteger(x_q, W_q, x_zp, w_zp)`` (onnxruntime's dynamic quantization of convolutions) as
+    ``Conv(float(x_q) - x_zp, float(W_q - w_zp))``: the same integer sums, in float32 (exact below
+    2^24), which the CPU backend (TVM has no ConvInteger) and hls4ml both lower. The int32 result's
+    consumer (a Cast to float) reads a float, as before. Returns how many were rewritten."""
+    rewritten = 0
+    for node in list(model.graph.node):
+        if node.op_type != "ConvInteger":
+            continue
+        weight = model.get_initializer(node.input[1])
+        if weight is None:
+            continue
+        ins = list(node.input) + [""] * (4 - len(node.input))
+        w_zp = model.get_initializer(ins[3]) if ins[3] else np.zeros(1)
+        if w_zp is None:
+            continue
+        w_zp = np.asarray(w_zp, dtype=np.float32)
+        if w_zp.size > 1:
+            w_zp = w_zp.reshape(-1, *([1] * (weight.ndim - 1)))
+        centered = (np.asarray(weight, dtype=np.float32) - w_zp).astype(np.float32)
+        w_name = model.make_new_valueinfo_name()
+        model.set_initializer(w_name, centered)
+        x_float = model.make_new_valueinfo_name()
+        new_nodes = [helper.make_node("Cast", [ins[0]], [x_float], name=f"{node.name}_x_float", to=TensorProto.FLOAT)]
+        source = x_float
+        if ins[2]:
+            zp_float, shifted = model.make_new_valueinfo_name(), model.make_new_valueinfo_name()
+            new_nodes += [helper.make_node("Cast", [ins[2]], [zp_float], name=f"{node.name}_zp_float", to=TensorProto.FLOAT),
+                          helper.make_node("Sub", [x_float, zp_float], [shifted], name=f"{node.name}_center")]
+            source = shifted
+        conv = helper.make_node("Conv", [source, w_name], list(node.output), name=node.name)
+        conv.attribute.extend(node.attribute)
+        new_nodes.append(conv)
+        index = list(model.graph.node).index(node)
+        model.graph.node.remove(node)
+        for offset, new in enumerate(new_nodes):
+            model.graph.node.insert(index + offset, new)
+        for vi in list(model.graph.value_info):
+            if vi.name in node.output:
+                model.graph.value_info.remove(vi)
+        rewritten += 1
+    return rewritten
+
+
 def convert_quantized_onnx(model: ModelWrapper, notes: list[str]) -> ModelWrapper:
     """Load hook: convert an onnxruntime QDQ/QOperator model to QONNX form, adding notes."""
     if not has_quantized_ops(model):
         return model
+    if _conv_integer_as_float(model):
+        notes.append("ConvInteger (onnxruntime dynamic quantization) computed as a float Conv of the centered integers (same sums)")
+        model = model.transform(InferShapes())
     transform = ConvertQDQToQONNX(clipped=_fold_constant_clips(model))
     model = model.transform(transform)
     model = model.transform(InferShapes())

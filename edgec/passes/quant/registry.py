@@ -129,6 +129,8 @@ def run_quantization(
     passes = [quant_pass_class(method)(x, y=y, **constructor_arguments(quant_pass_class(method)), **params) for method, params in parsed]
     metrics = PruneContext(x, y)
     metrics.set_reference(model)
+    deviations = PruneContext(x, None)  # how far the outputs move, whatever the labels say
+    deviations.set_reference(model)
     records = []
     for quant_pass in passes:
         elapsed = timer()
@@ -138,6 +140,9 @@ def run_quantization(
         if record.changed:  # an unchanged model is handed back as it was (not even re-cleaned)
             model = transformed
         after = metrics.evaluate(model) if record.changed else before
+        moved = deviations.deviation(model)
+        if moved is not None:
+            record.notes.append(f"outputs moved by {moved * 100:.2f}% (relative RMS against the unquantized model)")
         records.append({
             "name": quant_pass.method,
             "params": quant_pass.params,
@@ -145,6 +150,7 @@ def run_quantization(
             "metric": metrics.metric,
             "accuracy_before": before,
             "accuracy_after": after,
+            "output_deviation": moved,
             "mode": record.mode,
             "changed": record.changed,
             "layers": record.layers,

@@ -1,0 +1,165 @@
+"""What real exports need (issue 12): clear errors for invalid files and internal failures, datatype
+annotations respected, BNN input preprocessing as exact thresholds, and 8-bit PTQ that is exact and
+no costlier than the float design."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import edgec
+from edgec.cli import main
+from edgec.errors import DataError
+
+CORPUS = Path(__file__).parent / "corpus"
+MANIFEST = {e["name"]: e for e in json.loads((CORPUS / "manifest.json").read_text())}
+
+
+def corpus(name: str) -> Path:
+    return CORPUS / MANIFEST[name]["file"]
+
+
+def corpus_data(name: str):
+    data = np.load(CORPUS / MANIFEST[name]["data"])
+    return (data["x"], data["y"]) if "y" in data.files else data["x"]
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "edgec", *map(str, args)], capture_output=True, text=True)
+
+
+def test_schema_violation_is_reported_by_the_checker_in_one_line(tmp_path):
+    graph = helper.make_graph([helper.make_node("Relu", ["x", "x"], ["y"], name="bad_relu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+    proc = run("build", path, "-o", tmp_path / "out")
+    assert proc.returncode == 24, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0
+    assert "not a valid ONNX model" in proc.stderr and "bad_relu" in proc.stderr and "input size 2" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unexpected_exception_is_one_line_naming_step_and_node(tmp_path, monkeypatch):
+    build_module = sys.modules["edgec.build"]  # (edgec.build is also the name of the function)
+
+    def broken(model, for_estimate=False):
+        raise ValueError("Mul_0 has no idea")  # names a node of the loaded model, as library errors name tensors
+
+    monkeypatch.setattr(build_module, "canonicalize", broken)
+    model = tmp_path / "m.onnx"
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="Mul_0")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], initializer=[w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), model)
+    for debug in (False, True):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main((["--debug"] if debug else []) + ["build", str(model), "-o", str(tmp_path / "out"), "--no-cross"])
+        assert code == 70
+        last = err.getvalue().strip().splitlines()[-1]
+        assert last.startswith("edgec: error: internal error in step canonicalize on node Mul_0: ValueError: Mul_0 has no idea")
+        assert ("Traceback" in err.getvalue()) == debug
+        assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.edgec-*"))
+
+
+def test_keep_failed_keeps_the_project_of_a_failed_build(tmp_path, data_dir):
+    out = tmp_path / "out"
+    proc = run("build", data_dir / "three_layer_keras.onnx", "-o", out, "--no-cross", "--min-agreement", "1.01", "--keep-failed")
+    assert proc.returncode == 3
+    assert not out.exists()
+    kept = tmp_path / "out.failed"
+    assert (kept / "hls" / "firmware").is_dir() and (kept / "report.json").is_file()
+
+
+def test_compiler_errors_name_their_layer(tmp_path):
+    from edgec.backends.hls4ml_backend import compile_failure
+
+    firmware = tmp_path / "firmware"
+    firmware.mkdir()
+    (firmware / "proj.cpp").write_text("void proj() {\n    nnet::dense<a, b, c>(x, y, w2, b2); // fc1\n}\n")
+    output = (
+        "In file included from firmware/parameters.h:12:\n"
+        "firmware/nnet_utils/nnet_x.h: In instantiation of 'void nnet::f()':\n"
+        "firmware/proj.cpp:2:36:   required from here\n"
+        "firmware/nnet_utils/nnet_x.h:40:5: error: no matching function for call to 'g(int)'\n"
+    )
+    message = compile_failure(output, tmp_path, "proj")
+    assert "in layer fc1" in message and "nnet_x.h:40: no matching function for call to 'g(int)'" in message
+
+
+def test_annotated_inputs_get_their_domain_and_bad_data_is_refused():
+    from edgec.data import random_inputs, resolve_data
+    from edgec.frontend.load import load_model
+
+    loaded = load_model(corpus("finn_onnx_mlp_uint8_input"))
+    x, description = random_inputs(loaded.model, 50)
+    assert np.all(x == np.round(x)) and x.min() >= 0 and x.max() <= 255 and "UINT8" in description
+    assert any("annotated UINT8" in note for note in loaded.notes)
+    with pytest.raises(DataError, match="annotated UINT8"):
+        resolve_data(np.full((4, *x.shape[1:]), 0.5, np.float32), loaded.model)
+    bipolar = load_model(corpus("finn_onnx_tfc_bnn_bipolar_input"))
+    xb, _ = random_inputs(bipolar.model, 50)
+    assert set(np.unique(xb)) == {-1.0, 1.0}
+
+
+def _bnn_with_preprocessing(path: Path) -> None:
+    """x in [0, 1] -> x * 2 - 1 -> sign -> binary Dense -> sign -> binary Dense (FINN's TFC input stage)."""
+    rng = np.random.default_rng(0)
+    domain = "qonnx.custom_op.general"
+    inits = [numpy_helper.from_array(np.float32(2), "two"), numpy_helper.from_array(np.float32(-1), "minus_one"),
+             numpy_helper.from_array(np.float32(1), "one"),
+             numpy_helper.from_array(np.sign(rng.standard_normal((64, 32))).astype(np.float32), "w1"),
+             numpy_helper.from_array(np.sign(rng.standard_normal((32, 10))).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Mul", ["x", "two"], ["a"], name="pre_scale"), helper.make_node("Add", ["a", "minus_one"], ["b"], name="pre_shift"),
+             helper.make_node("BipolarQuant", ["b", "one"], ["q"], domain=domain),
+             helper.make_node("BipolarQuant", ["w1", "one"], ["w1q"], domain=domain), helper.make_node("MatMul", ["q", "w1q"], ["h"]),
+             helper.make_node("BipolarQuant", ["h", "one"], ["hq"], domain=domain),
+             helper.make_node("BipolarQuant", ["w2", "one"], ["w2q"], domain=domain), helper.make_node("MatMul", ["hq", "w2q"], ["y"])]
+    graph = helper.make_graph(nodes, "bnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], initializer=inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(domain, 1)], ir_version=8), path)
+
+
+def test_bnn_input_preprocessing_becomes_an_exact_threshold(tmp_path):
+    path = tmp_path / "bnn_pre.onnx"
+    _bnn_with_preprocessing(path)
+    # inputs on a grid the input type holds exactly, including the threshold 0.5 itself (x >= 0.5 -> +1)
+    x = np.random.default_rng(1).integers(0, 9, (100, 64)).astype(np.float32) / 8
+    result = edgec.build(path, target="pynq-z2", output_dir=tmp_path / "b", data=x, cross=False)
+    ops = {layer["name"]: layer["op"] for layer in result.report["layers"]}
+    assert any(op.startswith("BatchNormalizationQuantizedTanh") or "bnbt" in name for name, op in ops.items())
+    assert not any(layer["op"] in ("ApplyAlpha",) for layer in result.report["layers"])
+    assert any(p["name"] == "edgec.FoldInputAffineIntoThreshold" for p in result.report["passes"])
+    ver = result.report["verification"]
+    assert ver["max_abs_error"] == 0.0 and ver["argmax_agreement"] == 1.0
+    threshold = [layer for layer in result.report["layers"] if "bnbt" in layer["name"]][0]
+    assert threshold.get("resources", {}).get("dsp", 0) == 0
+
+
+def test_ptq_8bit_is_exact_and_no_costlier_than_float(tmp_path):
+    name = "tf2onnx_k2_mlp5_dense"
+    result = edgec.build(corpus(name), target="pynq-z2", output_dir=tmp_path / "q", data=corpus_data(name), quantize=["fixed:bits=8"], cross=False)
+    report = result.report
+    ver = report["verification"]
+    assert ver["bit_exact"] is True and ver["max_lsb_error"] == 0.0 and "logits" in ver["exact_at"]
+    cost = report["quantization_cost"]
+    float_cost, chosen = cost["float"], cost[cost["chosen"]]
+    assert chosen["latency_us"] <= float_cost["latency_us"] and chosen["dsp"] <= float_cost["dsp"]
+    assert chosen["lut"] <= 1.05 * float_cost["lut"]  # narrow products go to LUTs where the float ones used DSPs
+    record = next(p for p in report["passes"] if p["name"] == "fixed")
+    assert record["output_deviation"] is not None and record["output_deviation"] < 0.05
+    # every weight of the quantized layers is 8 bits
+    dense = [layer for layer in report["layers"] if layer["op"] == "Dense"]
+    assert dense and all(layer["precision"]["weight"].startswith(("fixed<8,", "ufixed<8,")) for layer in dense)
