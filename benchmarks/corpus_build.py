@@ -207,7 +207,7 @@ def main() -> None:
     print(json.dumps({"summary": summary, "quantize": args.quantize, "rows": rows}, indent=2, default=float))
     if args.table:
         if args.quantize:
-            floats = {r["model"]: (r["edgec"].get("quantization_cost") or {}).get("float", {}) for r in rows}
+            floats = {r["model"]: (r["edgec"].get("quantization_cost") or {}).get("float") or {} for r in rows}
             print(ptq_table(rows, floats), file=sys.stderr)
         else:
             print(table(rows), file=sys.stderr)

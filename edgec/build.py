@@ -282,6 +282,140 @@ def _design_figures(canonical_model, plan: LoweringPlan, options: DesignOptions,
     return {"latency_us": totals["latency_us"], "lut": int(totals["resources"]["lut"]), "dsp": int(totals["resources"]["dsp"])}
 
 
+def _repair_toward(plan: LoweringPlan, figures: dict, canonical_model, options: DesignOptions, device, worse, excess,
+                   max_steps: int = 12) -> tuple[LoweringPlan, dict, list[str]]:
+    """Local search over per-layer reuse factors (one valid step smaller or larger per move) that
+    removes what is still worse than the float design: a narrower design can need a cycle more (its
+    input quantizer) or more LUTs (narrow products in the fabric). Takes the move that reduces the
+    excess most, until nothing is worse or no move helps. Returns the plan, its figures, the moves."""
+    import copy
+
+    from edgec.configure import neighbouring_reuse_factors
+
+    steps: list[str] = []
+    for _ in range(max_steps):
+        if not worse(figures):
+            break
+        best = None
+        for name, choice in plan.layers.items():
+            for rf in neighbouring_reuse_factors(choice):
+                if rf is None:
+                    continue
+                candidate = copy.deepcopy(plan)
+                candidate.layers[name].reuse_factor = rf
+                tried = _design_figures(canonical_model, candidate, options, device)
+                key = (excess(tried), tried["lut"])
+                if key[0] < excess(figures) and (best is None or key < best[0]):
+                    best = (key, candidate, tried, f"{name}: reuse factor {choice.reuse_factor} -> {rf}")
+        if best is None:
+            break
+        _, plan, figures, move = best
+        steps.append(move)
+    for name, choice in plan.layers.items():
+        if any(step.startswith(f"{name}:") for step in steps):
+            choice.reason = f"reuse factor {choice.reuse_factor}: adjusted from the float design's so quantizing costs no more than the float design"
+    return plan, figures, steps
+
+
+def _system_figures(planned: list[PlannedSegment], tgt, options: DesignOptions, device) -> dict:
+    """Latency of the whole (partitioned) design, with the CPU segments and PS-PL transfers, and
+    the LUTs and DSPs of its FPGA segments, as the cost models give them."""
+    costs = cost_partitioned_design(planned, {}, {}, tgt, device, options)
+    resources = costs.sections["totals"].get("resources", {})
+    return {"latency_us": round(float(costs.latency_us), 2), "lut": int(resources.get("lut", 0)), "dsp": int(resources.get("dsp", 0))}
+
+
+def _adopt_float_parallelism(quantized: PlannedSegment, float_canonical_model, float_plan: LoweringPlan, options: DesignOptions, device) -> dict:
+    """One FPGA segment of a quantized build against the same segment of the float build: when
+    worse, the float segment's strategies and reuse factors (repaired by ``_repair_toward``) replace
+    the configurator's, if that is less worse. Returns the segment's comparison."""
+    import copy
+
+    from edgec.configure import nearest_valid_reuse_factor
+
+    reference = _design_figures(float_canonical_model, float_plan, options, device)
+    own = _design_figures(quantized.canonical.model, quantized.plan, options, device)
+
+    def worse(figures: dict) -> list[str]:
+        return [k for k in COMPARED_METRICS if figures[k] > reference[k] * (1 + 1e-9)]
+
+    def excess(figures: dict) -> tuple[int, float]:
+        return len(worse(figures)), sum(figures[k] / max(reference[k], 1e-9) - 1 for k in worse(figures))
+
+    result = {"segment": quantized.segment.name, "float": reference, "configured": own, "chosen": "configured"}
+    if worse(own):
+        alternative = copy.deepcopy(quantized.plan)
+        for name, choice in alternative.layers.items():
+            source = float_plan.layers.get(name)
+            if source is not None:
+                choice.strategy = "Latency" if choice.depthwise else source.strategy
+                choice.reuse_factor = nearest_valid_reuse_factor(choice, source.reuse_factor)
+                choice.reason = f"the float design's {source.strategy} strategy, reuse factor {source.reuse_factor} (so quantizing does not cost more than the float design)"
+        figures = _design_figures(quantized.canonical.model, alternative, options, device)
+        if worse(figures):
+            alternative, figures, steps = _repair_toward(alternative, figures, quantized.canonical.model, options, device, worse, excess)
+            result["repair_steps"] = steps
+        if excess(figures) < excess(own):
+            alternative.notes = [note for note in alternative.notes if not any(note.startswith(f"{name}:") for name in alternative.layers)]
+            alternative.notes += [f"{c.node}: {c.reason}" for c in alternative.layers.values() if c.reuse_factor > 1]
+            quantized.plan = alternative
+            result["chosen"] = "float_parallelism"
+            own = figures
+    result["chosen_figures"] = own
+    return result
+
+
+def compare_partitioned_with_float(planned: list[PlannedSegment], float_model, x: np.ndarray, tgt, options: DesignOptions, width: int,
+                                   device, make_placer, pinned: set[str], quantized_model) -> tuple[dict, list[PlannedSegment] | None, object]:
+    """For a quantized build that is not one FPGA design (or whose float model is not): the float
+    model's build as edgec partitions it, against this one, whole system (CPU segments and
+    transfers in the latency, FPGA segments in the resources). When the quantized build is worse
+    (typically: it fits the FPGA whole, fast but with more LUTs than the float build, which left
+    layers to the CPU), the quantized model is also placed as the float one was and the better of
+    the two is kept. Returns (comparison, new planned segments or None, their placed model)."""
+    float_placed = prepare(float_model).transform(make_placer({}))
+    float_planned, _ = plan_partition(float_placed, x, tgt, options, width, "auto", pinned)
+    reference = _system_figures(float_planned, tgt, options, device)
+    own = _system_figures(planned, tgt, options, device)
+
+    def worse(figures: dict) -> list[str]:
+        return [k for k in COMPARED_METRICS if figures[k] > reference[k] * (1 + 1e-9)]
+
+    def excess(figures: dict) -> tuple[int, float]:
+        return len(worse(figures)), sum(figures[k] / max(reference[k], 1e-9) - 1 for k in worse(figures))
+
+    def layout(segments: list[PlannedSegment]) -> str:
+        return " + ".join(p.segment.placement for p in segments)
+
+    result = {"float": reference, "configured": own, "chosen": "configured", "no_worse": not worse(own),
+              "compared": f"whole systems: float {layout(float_planned)} vs quantized {layout(planned)}"}
+    replanned, replaced = None, None
+    on_cpu = {name for p in float_planned if p.segment.placement == "cpu" for name in p.segment.nodes}
+    names = {n.name for n in quantized_model.graph.node}
+    if worse(own) and on_cpu & names:
+        placed = prepare(quantized_model).transform(make_placer({name: "cpu" for name in on_cpu & names}))
+        try:
+            alternative, _ = plan_partition(placed, x, tgt, options, width, "auto", pinned)
+        except TargetFitError:
+            alternative = None
+        if alternative is not None and layout(alternative) == layout(float_planned):
+            # segment by segment, the float design's parallelism (then repaired), as for one FPGA design
+            for q_seg, f_seg in zip(alternative, float_planned):
+                if q_seg.segment.placement == "fpga":
+                    _adopt_float_parallelism(q_seg, f_seg.canonical.model, f_seg.plan, options, device)
+        if alternative is not None:
+            figures = _system_figures(alternative, tgt, options, device)
+            result["float_placement"] = figures
+            if excess(figures) < excess(own):
+                result["chosen"] = "float_placement"
+                result["compared"] += f"; kept the float build's placement: {layout(alternative)}"
+                replanned, replaced, own = alternative, placed, figures
+    result["no_worse"] = not worse(own)
+    result["worse_in"] = worse(own)
+    result["excess"] = {k: round(own[k] / max(reference[k], 1e-9) - 1, 4) for k in worse(own)}
+    return result, replanned, replaced
+
+
 def no_worse_than_float(planned: list[PlannedSegment], float_model, x: np.ndarray, tgt, options: DesignOptions, width: int, device) -> dict | None:
     """Post-training quantization must not make the design worse than the float model's on the same
     target. The configurator spends what the narrower layers save on parallelism, which can cost
@@ -296,7 +430,14 @@ def no_worse_than_float(planned: list[PlannedSegment], float_model, x: np.ndarra
         return None
     quantized = fpga[0]
     float_canonical = canonicalize(float_model)
-    float_plan = plan_design(float_canonical.model, to_canonical_layout(x, float_canonical.input_perm), tgt, options, width)
+    try:
+        float_plan = plan_design(float_canonical.model, to_canonical_layout(x, float_canonical.input_perm), tgt, options, width)
+    except TargetFitError:
+        # the float model needs the CPU for part of it; the quantized one fits the FPGA whole
+        return {"float": None, "configured": _design_figures(quantized.canonical.model, quantized.plan, options, device),
+                "chosen": "configured", "no_worse": None, "worse_in": [],
+                "note": f"quantized design not compared with a float one: the float model does not fit {tgt.name}'s FPGA "
+                        "even at the largest reuse factors (its build moves layers to the CPU); the quantized model fits whole"}
     reference = _design_figures(float_canonical.model, float_plan, options, device)
     own = _design_figures(quantized.canonical.model, quantized.plan, options, device)
 
@@ -314,13 +455,19 @@ def no_worse_than_float(planned: list[PlannedSegment], float_model, x: np.ndarra
                 choice.strategy = "Latency" if choice.depthwise else source.strategy
                 choice.reuse_factor = nearest_valid_reuse_factor(choice, source.reuse_factor)
                 choice.reason = f"the float design's {source.strategy} strategy, reuse factor {source.reuse_factor} (so quantizing does not cost more than the float design)"
-        alternative.notes = [note for note in alternative.notes if not any(note.startswith(f"{name}:") for name in alternative.layers)]
-        alternative.notes += [f"{c.node}: {c.reason}" for c in alternative.layers.values() if c.reuse_factor > 1]
         figures = _design_figures(quantized.canonical.model, alternative, options, device)
         result["float_parallelism"] = figures
+
         def excess(candidate: dict) -> tuple[int, float]:  # how many figures are worse, then by how much
             return len(worse(candidate)), sum(candidate[k] / max(reference[k], 1e-9) - 1 for k in worse(candidate))
 
+        if worse(figures):
+            alternative, figures, steps = _repair_toward(alternative, figures, quantized.canonical.model, options, device, worse, excess)
+            if steps:
+                result["repair_steps"] = steps
+                result["float_parallelism"] = figures
+        alternative.notes = [note for note in alternative.notes if not any(note.startswith(f"{name}:") for name in alternative.layers)]
+        alternative.notes += [f"{c.node}: {c.reason}" for c in alternative.layers.values() if c.reuse_factor > 1]
         if excess(figures) < excess(own):
             quantized.plan = alternative
             result["chosen"] = "float_parallelism"
@@ -395,6 +542,54 @@ def _logits_exactness(project, canonical_model, x_canon: np.ndarray) -> dict | N
     return {"bit_exact": error == 0.0, "max_lsb_error": round(error / lsb, 4), "output_lsb": lsb,
             "exact_at": f"{logits.name} (the logits; {computing[-1].name} is hls4ml's table-based softmax, which no fixed-point design "
                         f"computes exactly: its own error is in max_abs_error)"}
+
+
+def _segment_exactness(p: PlannedSegment, project, is_last: bool) -> dict | None:
+    """Bit-exactness of one FPGA segment of a partitioned quantized build, fed the reference's own
+    values at its input (so what the CPU segments before it did does not count against it): its
+    C simulation against the quantized reference of the same segment (the logits when it ends in
+    hls4ml's table softmax)."""
+    if p.x_in is None or p.canonical is None:
+        return None
+    canonical = p.canonical.model
+    x_canon = to_canonical_layout(np.asarray(p.x_in[:64], dtype=np.float32), p.canonical.input_perm)
+    if is_last:
+        logits = _logits_exactness(project, canonical, x_canon)
+        if logits is not None:
+            return {"segment": p.segment.name, **logits}
+    out_name = canonical.graph.output[0].name
+    shape = [x_canon.shape[0], *canonical.get_tensor_shape(canonical.graph.input[0].name)[1:]]
+    reference = tensor_values(canonical, x_canon.reshape(shape), [out_name])[out_name].reshape(x_canon.shape[0], -1)
+    simulated = project.predict(x_canon)
+    if reference.shape != simulated.shape:
+        return None
+    exact = bit_exactness(reference, simulated, project.layers[-1].precision.get("result", ""), True)
+    if exact["bit_exact"] is None:
+        return None
+    return {"segment": p.segment.name, "bit_exact": exact["max_lsb_error"] == 0.0, "max_lsb_error": exact["max_lsb_error"],
+            "output_lsb": exact["output_lsb"]}
+
+
+def _partitioned_exactness(planned: list[PlannedSegment], projects: dict, end_to_end: dict) -> dict:
+    """A partitioned quantized build is judged segment by segment: every FPGA segment must be exact
+    on the reference's inputs. The CPU segments compute in float32 (TVM), whose sums differ from
+    onnxruntime's by a few ulps; where such a value sits on a rounding boundary of the next
+    quantizer it moves by one step, so the end-to-end error is reported, not required to be 0."""
+    per = []
+    for index, p in enumerate(planned):
+        if p.segment.placement == "fpga":
+            result = _segment_exactness(p, projects[p.segment.index], index == len(planned) - 1)
+            if result is None:
+                return end_to_end
+            per.append(result)
+    cpu = [p.segment.name for p in planned if p.segment.placement == "cpu"]
+    return {
+        "bit_exact": all(r["bit_exact"] for r in per), "max_lsb_error": max(r["max_lsb_error"] for r in per),
+        "exact_at": "each FPGA segment on the reference's values at its input (" + ", ".join(r["segment"] for r in per) + "); "
+                    + ", ".join(cpu) + " compute(s) in float32 on the CPU (TVM), whose rounding differs from onnxruntime's by ulps: "
+                    "the end-to-end error is in end_to_end_max_lsb_error and max_abs_error",
+        "segments_exactness": per, "end_to_end_max_lsb_error": end_to_end.get("max_lsb_error"),
+    }
 
 
 def _bit_exactness_of(last: PlannedSegment, project, reference: np.ndarray, simulated: np.ndarray, quantized: bool, model,
@@ -522,15 +717,31 @@ def build(
     if quantize and device is not None and all(str(spec if isinstance(spec, str) else spec[0]).split(":")[0] == "fixed" for spec in quantize):
         enter("configure", loaded.model)
         float_comparison = no_worse_than_float(planned, float_model, x, tgt, options, width, device)
-        if float_comparison is not None:
-            line = (f"quantized design vs the float model's on {tgt.name}: latency {float_comparison['float']['latency_us']:.4g} -> "
-                    f"{(float_comparison.get('float_parallelism') if float_comparison['chosen'] == 'float_parallelism' else float_comparison['configured'])['latency_us']:.4g} us")
+        if (float_comparison is None or float_comparison["float"] is None) and options.reuse_factor is None and options.strategy is None:
+            def make_placer(extra: dict[str, str]) -> PlaceNodes:
+                return PlaceNodes(place, {**extra, **(placement or {})}, has_fpga=base_target.has_fpga, has_cpu=base_target.cpu is not None,
+                                  target_name=base_target.name)
+
+            float_comparison, replanned, replaced = compare_partitioned_with_float(
+                planned, float_model, x, tgt, options, width, device, make_placer, pinned, loaded.model)
+            if replanned is not None:
+                planned, placed = replanned, replaced
+        if float_comparison is not None and float_comparison["float"] is None:
+            partition_notes.append(float_comparison["note"])
+        elif float_comparison is not None:
+            chosen = float_comparison[float_comparison["chosen"]]
+            line = f"quantized design vs the float model's on {tgt.name}: latency {float_comparison['float']['latency_us']:.4g} -> {chosen['latency_us']:.4g} us"
             if float_comparison["chosen"] == "float_parallelism":
                 line += "; the configurator's faster design cost more than the float one, so the quantized layers keep the float design's reuse factors"
+                if float_comparison.get("repair_steps"):
+                    line += " (then adjusted: " + ", ".join(float_comparison["repair_steps"]) + ")"
+            if float_comparison["chosen"] == "float_placement":
+                line += "; placed as the float build (the layers it left to the CPU stay there): the whole-FPGA design cost more"
             if float_comparison["worse_in"]:
-                chosen = float_comparison.get("float_parallelism") if float_comparison["chosen"] == "float_parallelism" else float_comparison["configured"]
                 line += "; worse in " + ", ".join(f"{k} ({float_comparison['float'][k]} -> {chosen[k]})" for k in float_comparison["worse_in"])
-                if "lut" in float_comparison["worse_in"] and chosen["dsp"] < float_comparison["float"]["dsp"]:
+                if "compared" in float_comparison:
+                    line += f" ({float_comparison['compared']})"
+                elif "lut" in float_comparison["worse_in"] and chosen["dsp"] < float_comparison["float"]["dsp"]:
                     line += ": narrow products map to LUTs where the float ones used DSPs"
             partition_notes.append(line)
     fpga_parts = [p for p in planned if p.segment.placement == "fpga"]
@@ -613,6 +824,8 @@ def build(
         verification["simulated_by"] = " -> ".join("C simulation" if p.segment.placement == "fpga" else "TVM host build" for p in planned)
         verification["min_agreement"] = min_agreement
         verification.update(_bit_exactness_of(last, projects.get(last.segment.index), reference, simulated, loaded.is_qonnx, loaded.model, x))
+        if loaded.is_qonnx and not single_fpga and fpga_parts:
+            verification.update(_partitioned_exactness(planned, projects, verification))
         verification["first_divergence"] = None
         if verification["decisive_agreement"] < min_agreement:
             if single_fpga:

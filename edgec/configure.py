@@ -287,6 +287,14 @@ def nearest_valid_reuse_factor(choice: LayerChoice, wanted: int) -> int:
     return above[0] if above else valid[-1]
 
 
+def neighbouring_reuse_factors(choice: LayerChoice) -> tuple[int | None, int | None]:
+    """The next smaller and next larger reuse factor hls4ml accepts for the layer (None at the ends)."""
+    valid = _valid_reuse_factors(choice.n_in, choice.n_out)
+    below = [r for r in valid if r < choice.reuse_factor]
+    above = [r for r in valid if r > choice.reuse_factor]
+    return (below[-1] if below else None), (above[0] if above else None)
+
+
 def plan_lowering(
     model: ModelWrapper,
     calibration_inputs: np.ndarray,

@@ -104,3 +104,23 @@ def parse_fixed(spec: str) -> FixedType:
     if not 1 <= width <= 64:
         raise ValueError(f"'{spec}': width must be between 1 and 64")
     return FixedType(width, integer, kind == "fixed", rounding or "TRN", saturation or "WRAP")
+
+
+# Table-based activations: edgec gives hls4ml's tables this many entries (4 BRAM18 at 18 bits;
+# UG473: 18 Kib per BRAM18), and hls4ml's nnet_activation.h tabulates tanh on [-4, 4) and sigmoid
+# on [-8, 8), indexing with ``int(x * size / span)``. An input on the grid span / size indexes its
+# own entry exactly, so quantizing a table activation's input to that grid (and tabulating the
+# quantized output) makes the activation exact.
+ACTIVATION_TABLE_SIZE = 4096
+TABLE_SPANS = {"Tanh": 8.0, "Sigmoid": 16.0}
+
+
+def table_input_type(op_type: str) -> FixedType | None:
+    """The signed fixed-point type whose grid is the table's index grid and whose range is the
+    table's span, for a table activation (None for others)."""
+    span = TABLE_SPANS.get(op_type)
+    if span is None:
+        return None
+    step_exponent = int(round(math.log2(span / ACTIVATION_TABLE_SIZE)))
+    integer = int(round(math.log2(span)))  # signed ap_fixed<W, I> holds [-2^(I-1), 2^(I-1)) = [-span/2, span/2)
+    return FixedType(integer - step_exponent, integer, True)

@@ -148,7 +148,7 @@ def test_bnn_input_preprocessing_becomes_an_exact_threshold(tmp_path):
     assert threshold.get("resources", {}).get("dsp", 0) == 0
 
 
-def test_ptq_8bit_is_exact_and_no_costlier_than_float(tmp_path):
+def test_ptq_8bit_is_exact_and_trades_dsps_for_a_few_luts(tmp_path):
     name = "tf2onnx_k2_mlp5_dense"
     result = edgec.build(corpus(name), target="pynq-z2", output_dir=tmp_path / "q", data=corpus_data(name), quantize=["fixed:bits=8"], cross=False)
     report = result.report
@@ -163,3 +163,117 @@ def test_ptq_8bit_is_exact_and_no_costlier_than_float(tmp_path):
     # every weight of the quantized layers is 8 bits
     dense = [layer for layer in report["layers"] if layer["op"] == "Dense"]
     assert dense and all(layer["precision"]["weight"].startswith(("fixed<8,", "ufixed<8,")) for layer in dense)
+
+
+def _mlp(tmp_path, mutate, name: str = "torch_ts_op9_mlp_view_kiai") -> Path:
+    """A small Gemm MLP (a real TorchScript export from the corpus) with one thing changed."""
+    model = onnx.load(corpus(name))
+    mutate(model)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def _set_gemm_attr(name: str, value: float):
+    def mutate(model):
+        gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+        next(a for a in gemm.attribute if a.name == name).f = value
+    return mutate
+
+
+@pytest.mark.parametrize(("mutate", "code", "fragment"), [
+    (_set_gemm_attr("alpha", float("nan")), 24, "attribute 'alpha' is NaN"),
+    (lambda m: m.opset_import[0].__setattr__("version", 30), 13, "opset 30"),
+    (lambda m: m.graph.input[0].type.tensor_type.shape.dim[2].__setattr__("dim_value", 1 << 20), 15, "values per sample"),
+    (lambda m: m.graph.input[0].type.tensor_type.shape.dim[2].__setattr__("dim_value", 3), 24, "onnxruntime cannot run the model"),
+])
+def test_what_the_checker_lets_through_is_refused_at_load(tmp_path, mutate, code, fragment):
+    """Found by the fuzzer: each used to end as an internal error deep in the build."""
+    proc = run("build", _mlp(tmp_path, mutate, "torch_ts_op13_mlp_view"), "-o", tmp_path / "out")
+    assert proc.returncode == code, proc.stderr
+    assert fragment in proc.stderr and proc.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "out").exists()
+
+
+def test_gemm_alpha_beta_build(tmp_path):
+    """qonnx's GemmToMatMul writes alpha/beta as float64 constants; they must stay float32."""
+    path = _mlp(tmp_path, _set_gemm_attr("alpha", 0.5))
+    report = edgec.build(path, target="pynq-z2", output_dir=tmp_path / "out", cross=False).report
+    assert report["verification"]["decisive_agreement"] >= 0.99
+    assert report["verification"]["max_abs_error"] < 0.05
+
+
+def test_clip_moves_after_its_quantizer_only_when_exact():
+    from qonnx.core import onnx_exec as oxe
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from edgec.passes.clip_after_quant import MoveClipAfterQuantizer
+
+    def model(hi: float, signed: int) -> ModelWrapper:
+        nodes = [
+            helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+            helper.make_node("Clip", ["h", "lo", "hi"], ["c"], name="relu6"),
+            helper.make_node("Quant", ["c", "s", "z", "b"], ["y"], name="q", domain="qonnx.custom_op.general",
+                             signed=signed, narrow=0, rounding_mode="ROUND"),
+        ]
+        rng = np.random.default_rng(0)
+        inits = [numpy_helper.from_array(rng.normal(0, 2, (8, 16)).astype(np.float32), "w"),
+                 numpy_helper.from_array(np.array(0.0, np.float32), "lo"), numpy_helper.from_array(np.array(hi, np.float32), "hi"),
+                 numpy_helper.from_array(np.array(2.0**-4, np.float32), "s"), numpy_helper.from_array(np.array(0.0, np.float32), "z"),
+                 numpy_helper.from_array(np.array(8.0, np.float32), "b")]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], inits)
+        from qonnx.transformation.infer_shapes import InferShapes
+
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("qonnx.custom_op.general", 1)])
+        return ModelWrapper(proto).transform(InferShapes())
+
+    x = np.random.default_rng(1).normal(0, 3, (200, 8)).astype(np.float32)
+    for signed in (0, 1):
+        before = model(6.0, signed)
+        after = before.transform(MoveClipAfterQuantizer())
+        assert [n.op_type for n in after.graph.node] == ["MatMul", "Quant", "Clip"]
+        for row in x:
+            feed = {"x": row[None]}
+            assert np.array_equal(oxe.execute_onnx(before, feed)["y"], oxe.execute_onnx(after, feed)["y"])
+    off_grid = model(6.01, 0).transform(MoveClipAfterQuantizer())  # 6.01 is not on the 1/16 grid: left alone
+    assert [n.op_type for n in off_grid.graph.node] == ["MatMul", "Clip", "Quant"]
+
+
+@pytest.mark.slow
+def test_partitioned_ptq_is_exact_segment_by_segment(tmp_path):
+    """ReLU6 (Clip) before each activation quantizer, layers on the CPU between FPGA segments: every
+    FPGA segment is bit-exact on the reference's values at its input."""
+    name = "tf2onnx_k2_depthwise_relu6"
+    report = edgec.build(corpus(name), target="pynq-z2", output_dir=tmp_path / "q", data=corpus_data(name),
+                         quantize=["fixed:bits=8"], cross=False).report
+    ver = report["verification"]
+    fpga = [s for s in report["partition"]["segments"] if s["placement"] == "fpga"]
+    assert len(fpga) >= 2 and len(ver["segments_exactness"]) == len(fpga)
+    assert ver["bit_exact"] is True and all(s["max_lsb_error"] == 0.0 for s in ver["segments_exactness"])
+
+
+def test_affine_ops_move_above_a_squeeze_unchanged():
+    """tf2onnx's Conv1D: Conv -> Squeeze -> bias Add -> BatchNorm Mul/Add; the affine ops move above
+    the Squeeze so BatchNorm folds into the Conv before quantization."""
+    import onnxruntime as ort
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    from edgec.passes.hoist_affine import HoistAffineAboveSqueeze
+
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Squeeze", ["x", "axes"], ["s"], name="squeeze"),
+             helper.make_node("Add", ["s", "bias"], ["b"], name="bias_add"),
+             helper.make_node("Mul", ["b", "scale"], ["y"], name="bn_mul")]
+    inits = [numpy_helper.from_array(np.array([2], np.int64), "axes"),
+             numpy_helper.from_array(rng.normal(size=(1, 8, 1)).astype(np.float32), "bias"),
+             numpy_helper.from_array(rng.normal(size=(8, 1)).astype(np.float32), "scale")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 1, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 5])], inits)
+    before = ModelWrapper(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])).transform(InferShapes())
+    after = before.transform(HoistAffineAboveSqueeze()).transform(InferShapes())
+    assert [n.op_type for n in after.graph.node] == ["Add", "Mul", "Squeeze"]
+    x = rng.normal(size=(1, 8, 1, 5)).astype(np.float32)
+    run_model = lambda m: ort.InferenceSession(m.model.SerializeToString()).run(None, {"x": x})[0]  # noqa: E731
+    assert np.array_equal(run_model(before), run_model(after))

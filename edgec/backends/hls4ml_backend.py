@@ -22,7 +22,7 @@ from qonnx.core.modelwrapper import ModelWrapper
 
 from edgec.configure import LoweringPlan
 from edgec.errors import ToolchainError
-from edgec.fixed_point import FixedType, accumulator_type, exact_type, range_type
+from edgec.fixed_point import ACTIVATION_TABLE_SIZE, FixedType, accumulator_type, exact_type, range_type
 from edgec.targets import Target
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,18 @@ def _is_quantizer(layer) -> bool:
     return layer.class_name == "Activation" and (
         layer.get_attr("quantizer") is not None or layer.get_attr("activation") in ("binary_tanh", "ternary_tanh")
     )
+
+
+def _feeds_quantizer(var: str, consumers: dict[str, list]) -> bool:
+    """Whether ``var`` reaches a quantizer only through layers that move values (Reshape...): the
+    producer then hands on its exact sum, rounded once, by the quantizer (rounding it to a
+    calibrated type first would round twice and miss the quantized reference by an LSB)."""
+    readers = consumers.get(var, [])
+    for _ in range(8):
+        if len(readers) != 1 or readers[0].class_name not in PASS_THROUGH_CLASSES:
+            break
+        readers = consumers.get(readers[0].outputs[0], [])
+    return any(_is_quantizer(c) for c in readers)
 
 
 def _resolve_tensor(model: ModelWrapper, tensor: str, hls_vars: set[str]) -> str:
@@ -157,7 +169,6 @@ TABLE_ACTIVATIONS = {  # activation -> (integer bits, signed) of the table value
     "tanh": (2, True),  # (-1, 1)
     "elu": (2, True),  # (-alpha, 0] for alpha <= 1
 }
-ACTIVATION_TABLE_SIZE = 4096  # 4 BRAM18 per table (UG473: 18 Kib per BRAM18)
 
 
 def _configure_table_activation(layer) -> bool:
@@ -410,7 +421,7 @@ def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
                 acc = _xnor_popcount_types(layer)
             if "accum_t" in layer.types:
                 layer.types["accum_t"].precision = _ap(acc)
-            feeds_quantizer = any(_is_quantizer(c) for c in consumers.get(out, []))
+            feeds_quantizer = _feeds_quantizer(out, consumers)
             chosen = acc if feeds_quantizer else calibrated(out)
             if quantized(out):
                 # hls4ml folded the model's quantizer into this layer: its type is the quantizer's (hls4ml's
@@ -427,6 +438,13 @@ def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
             # +-1 type, since hls4ml's xnor encoding would hand the caller 0 for -1.
             if out in hm.outputs and layer.get_attr("activation") == "binary_tanh":
                 _set_result(layer, FixedType(2, 2))
+            merged = _fixed_of(layer.get_output_variable().type.precision)
+            if _configure_table_activation(layer) and merged is not None:
+                # a table activation (tanh, sigmoid) hls4ml merged the model's quantizer into:
+                # tabulate the quantized values themselves (rounded once, from double, in the
+                # quantizer's own mode), so an input on the table's grid
+                # (edgec.fixed_point.table_input_type) gives the exact level
+                layer.set_attr("table_t", _named_type(f"{layer.name}_table_t", merged))
         elif cls == "BatchNormalizationQuantizedTanh" and in_t is not None and "threshold" in layer.weights:
             _exact_thresholds(layer, model, in_t)
         elif cls in ("ApplyAlpha", "BatchNormalization"):

@@ -208,6 +208,13 @@ def layers_from_onnx(
 
     layers: list[LayerConfig] = []
     consumed: set[str] = set()
+    # the type each layer hands on, as the backend sets it (edgec.backends.hls4ml_backend.apply_types:
+    # a layer's input type is its producer's result type, through reshapes)
+    handed: dict[str, FixedType] = {}
+
+    def input_type(tensor: str) -> FixedType | None:
+        return settings.precision or handed.get(tensor) or tensor_type(tensor)
+
     nodes = list(model.graph.node)
     for node in nodes:
         if node.name in consumed:
@@ -270,7 +277,7 @@ def layers_from_onnx(
             layer.weight_bits = wtype.width
             layer.binary_weights = wtype.width <= 1
             layer.nonzero_bias = int(np.count_nonzero(bias)) if bias is not None else 0
-            in_t = ttype(x)
+            in_t = input_type(x)
             out_t = ttype(out_tensor)
             layer.input_bits = _bits(in_t, default_bits)
             layer.result_bits = _bits(out_t, default_bits)
@@ -281,18 +288,37 @@ def layers_from_onnx(
 
                 acc = accumulator_type(in_t or FixedType(default_bits, 6), wtype, layer.n_in)
                 layer.accum_bits = acc.width
+                reader = _single_consumer(model, out_tensor)
+                while reader is not None and reader.op_type in WIRING_OPS:  # reshapes only move values
+                    reader = _single_consumer(model, reader.output[0])
+                if _quantizer_after(model, reader) is not None:
+                    # the activation after it takes the quantizer's type; this layer hands it the
+                    # exact sum (the backend types it as the accumulator: no rounding before the quantizer)
+                    layer.result_bits = acc.width
+                    out_t = acc
+            if out_t is not None:
+                handed[out_tensor] = out_t
             strategy, rf = layer_strategy(node.name) if layer_strategy else ("latency", 1)
             layer.strategy = (settings.strategy or strategy).lower()
             layer.reuse_factor = settings.reuse_factor or rf
             layers.append(layer)
             continue
         if op in WIRING_OPS or op in QUANTIZER_OPS and model.get_initializer(x) is not None:
+            if op in WIRING_OPS and x in handed:
+                handed[out_tensor] = handed[x]
             continue
+        fused_quant = _quantizer_after(model, node) if settings.precision is None else None
+        if fused_quant is not None:
+            # hls4ml makes the quantizer a linear activation and merges it into this layer
+            # (MergeLinearActivation, hls4ml/model/optimizer/passes/linear.py): one layer, the quantizer's type
+            consumed.add(fused_quant.name)
+            out_tensor = fused_quant.output[0]
         out_shape = _shape(model, out_tensor)
         layer = LayerConfig(name=node.name, kind="activation", op=op, output_tensor=out_tensor, in_shape=in_shape, out_shape=out_shape)
-        layer.fused_tensors = [out_tensor]
-        layer.input_bits = _bits(ttype(x), default_bits)
-        layer.result_bits = _bits(ttype(out_tensor), default_bits)
+        layer.fused_tensors = [node.output[0], out_tensor] if fused_quant is not None else [out_tensor]
+        in_t = input_type(x)
+        layer.input_bits = _bits(in_t, default_bits)
+        out_t = ttype(out_tensor)
         last = _channels_last(node)
         in_spatial, layer.channels = _spatial(in_shape, last)
         out_spatial, _ = _spatial(out_shape, last)
@@ -352,10 +378,40 @@ def layers_from_onnx(
             layer.kind = "quantizer"
         else:
             layer.notes.append(f"no cost model for {op}: counted as an element-wise op")
+        if layer.kind in ("pool", "global_pool") and fused_quant is None and settings.precision is None and in_t is not None:
+            out_t = in_t  # the backend gives pooling its input's type
+        layer.result_bits = _bits(out_t, default_bits)
+        if out_t is not None:
+            handed[out_tensor] = out_t
         layers.append(layer)
     for layer in layers:
         layer.io_type = settings.io_type
     return layers
+
+
+# layers hls4ml merges a following quantizer into (MergeLinearActivation's safe parents: Dense,
+# Conv, BatchNormalization/ApplyAlpha, Activation; hls4ml/model/optimizer/passes/linear.py)
+_MERGING_OPS = set(ACTIVATION_OPS) | {"BatchNormalization"}
+
+
+def _single_consumer(model: ModelWrapper, tensor: str):
+    consumers = model.find_consumers(tensor) or []
+    return consumers[0] if len(consumers) == 1 else None
+
+
+def _quantizer_after(model: ModelWrapper, node):
+    """The QONNX ``Quant`` that alone reads ``node``'s output when ``node`` is an activation (or a
+    constant scale hls4ml makes an ApplyAlpha) hls4ml merges it into; else None."""
+    if node is None or not node.output:
+        return None
+    mergeable = node.op_type in _MERGING_OPS or (
+        node.op_type in ("Mul", "Div") and any(model.get_initializer(i) is not None for i in node.input[1:]))
+    if not mergeable or node.output[0] in {o.name for o in model.graph.output}:
+        return None
+    consumer = _single_consumer(model, node.output[0])
+    if consumer is None or consumer.op_type != "Quant" or model.get_initializer(consumer.input[0]) is not None:
+        return None
+    return consumer
 
 
 def quantizer_type(model: ModelWrapper, tensor: str) -> FixedType | None:

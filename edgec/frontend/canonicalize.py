@@ -23,6 +23,7 @@ from qonnx.util.cleanup import cleanup_model
 
 from edgec.frontend.support import check_single_io, check_supported, unsupported_nodes
 from edgec.passes.channels_last import ToChannelsLast, fold_flatten_transposes, physical_perm
+from edgec.passes.clip_after_quant import MoveClipAfterQuantizer
 from edgec.passes.exact_requant import ExactRequantization
 from edgec.passes.fold_affine import FoldAffineIntoLinear
 from edgec.passes.fold_quant_constants import FoldConstantQuantizers
@@ -301,6 +302,7 @@ def canonicalize(model: ModelWrapper, for_estimate: bool = False) -> CanonicalMo
     passes: list[dict] = []
     model = ModelWrapper(model.model.__deepcopy__())
     check_single_io(model)
+    model = _run(model, MoveClipAfterQuantizer(), passes, "edgec.MoveClipAfterQuantizer")
     model = _run(model, RewriteForHls4ml(pooling=not for_estimate), passes, "edgec.RewriteForHls4ml")
     if not for_estimate:
         check_supported(model, after_canonicalization=False)  # with the user's own node names

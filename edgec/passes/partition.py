@@ -33,6 +33,7 @@ from qonnx.transformation.infer_shapes import InferShapes
 
 from edgec.errors import OptionError, UnsupportedOpsError
 from edgec.frontend.support import unsupported_nodes
+from edgec.passes.clip_after_quant import MoveClipAfterQuantizer
 from edgec.passes.rewrite_for_hls4ml import RewriteForHls4ml
 
 PLACEMENTS = ("fpga", "cpu")
@@ -89,7 +90,7 @@ def prepare(model: ModelWrapper) -> ModelWrapper:
     model = name_nodes(model).transform(InferShapes())
     model = model.transform(FoldConstants(exclude_op_types=["Quant", "BipolarQuant", "Trunc"]))
     # ops edgec rewrites into ops hls4ml lowers (AveragePool -> depthwise Conv, PRelu...) are not "unsupported"
-    model = name_nodes(model.transform(RewriteForHls4ml())).transform(InferShapes())
+    model = name_nodes(model.transform(MoveClipAfterQuantizer()).transform(RewriteForHls4ml())).transform(InferShapes())
     model = model.transform(RemoveUnusedTensors()).transform(InferShapes())
     return name_nodes(model)
 

@@ -52,8 +52,9 @@ from qonnx.transformation.general import RemoveUnusedTensors
 from qonnx.transformation.infer_shapes import InferShapes
 
 from edgec.errors import DataError, OptionError
-from edgec.fixed_point import FixedType, exact_type
+from edgec.fixed_point import FixedType, exact_type, table_input_type
 from edgec.passes.fold_affine import FoldAffineIntoLinear
+from edgec.passes.hoist_affine import HoistAffineAboveSqueeze
 from edgec.passes.prune.common import WeightRef, attr, prunable_layers
 from edgec.passes.quant.calibrate import TensorRange, accumulator_name, calibrate_ranges
 from edgec.passes.quant.registry import QuantizationPass
@@ -63,6 +64,7 @@ QUANTIZER_OPS = ("Quant", "BipolarQuant", "Trunc", "IntQuant")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 # Ops whose output lies on their input's grid: no quantizer of their own.
 GRID_PRESERVING_OPS = ("MaxPool", "GlobalMaxPool", "Reshape", "Flatten", "Transpose", "Identity", "Squeeze", "Unsqueeze")
+LAYOUT_OPS = ("Reshape", "Flatten", "Transpose", "Identity", "Squeeze", "Unsqueeze")
 # Elementwise ops that continue a layer: its quantizer goes after them (bias, scale, activation).
 CONTINUATION_OPS = ("Add", "Sub", "Mul", "Div", "BatchNormalization")
 ACTIVATION_OPS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "Elu", "Selu", "Softplus", "PRelu")
@@ -232,6 +234,7 @@ class FixedPointQuantization(QuantizationPass):
         self._point_bits = self._widths_of_points(model, layers, points)
         weight_exp = {ref.name: self._quantize_weights(model, ref, ranges[ref.tensor]) for ref in layers}
         act_types = self._quantize_activations(model, points, ranges)
+        act_types.update(self._quantize_table_inputs(model))
         for ref in layers:
             self._quantize_bias_and_record(model, ref, weight_exp[ref.name], act_types, ranges)
         if not any(op.domain == QONNX_DOMAIN for op in model.model.opset_import):
@@ -244,10 +247,14 @@ class FixedPointQuantization(QuantizationPass):
         return model.transform(InferShapes())
 
     def _fold_batchnorm(self, model: ModelWrapper) -> ModelWrapper:
-        """Fold BatchNorm into the preceding MatMul/Conv so its scale is quantized with the weights."""
-        if not any(n.op_type == "BatchNormalization" for n in model.graph.node):
+        """Fold BatchNorm (also as the Mul/Add exporters write, also behind a Squeeze) into the
+        preceding MatMul/Conv so its scale is quantized with the weights."""
+        affine_after_squeeze = any(n.op_type == "Squeeze" and any(c.op_type in ("Add", "Sub", "Mul", "Div") for c in model.find_consumers(n.output[0]) or [])
+                                   for n in model.graph.node)
+        if not any(n.op_type == "BatchNormalization" for n in model.graph.node) and not affine_after_squeeze:
             return model
-        model = model.transform(InferShapes()).transform(BatchNormToAffine()).transform(FoldAffineIntoLinear())
+        model = model.transform(InferShapes()).transform(BatchNormToAffine()).transform(HoistAffineAboveSqueeze()).transform(InferShapes())
+        model = model.transform(FoldAffineIntoLinear())
         left = [n.name for n in model.graph.node if n.op_type in ("Mul", "Div", "Sub")]
         self.record.notes.append("BatchNorm folded into the preceding layers before quantization"
                                  + (f" (affine ops left: {', '.join(left)})" if left else ""))
@@ -328,11 +335,17 @@ class FixedPointQuantization(QuantizationPass):
             for tensor in node.output:
                 if tensor not in ranges or ranges[tensor].kind == "weight":
                     continue
-                consumers = model.find_consumers(tensor) or []
+                # look through reshapes (tf2onnx's Conv1D is Conv2D between ExpandDims and Squeeze,
+                # with its bias after): the layer continues where the next real op does
+                after, consumers = tensor, model.find_consumers(tensor) or []
+                while (after not in outputs and len(consumers) == 1 and consumers[0].op_type in LAYOUT_OPS
+                       and consumers[0].input[0] == after):
+                    after = consumers[0].output[0]
+                    consumers = model.find_consumers(after) or []
                 continues = (
-                    tensor not in outputs
+                    after not in outputs
                     and len(consumers) == 1
-                    and consumers[0].input[0] == tensor
+                    and consumers[0].input[0] == after
                     and (consumers[0].op_type in ACTIVATION_OPS or (
                         consumers[0].op_type in CONTINUATION_OPS
                         and all(model.get_initializer(i) is not None for i in consumers[0].input[1:])
@@ -376,6 +389,30 @@ class FixedPointQuantization(QuantizationPass):
             self.record.quantizers[tensor] = quant_type(bits, e, signed).hls4ml()
         return chosen
 
+    def _quantize_table_inputs(self, model: ModelWrapper) -> dict[str, tuple[int, bool]]:
+        """A quantizer on the grid of the activation's table in front of each Tanh/Sigmoid (hls4ml
+        computes them by table look-up): the look-up is then exact, where a wider input would be
+        truncated to a table entry and miss the quantized reference. Returns tensor -> (exponent, signed)."""
+        chosen: dict[str, tuple[int, bool]] = {}
+        for node in list(model.graph.node):
+            grid = table_input_type(node.op_type)
+            if grid is None or not node.input:
+                continue
+            producer = model.find_producer(node.input[0])
+            if producer is not None and producer.op_type in QUANTIZER_OPS:
+                continue
+            tensor = node.input[0]
+            quantized = _unique(model, f"{tensor}_table_grid")
+            name = _unique(model, f"{node.name or node.op_type}_input_quant")
+            quant = _add_quant(model, tensor, quantized, np.asarray(2.0 ** -grid.fractional), grid.width, True, False, name)
+            node.input[0] = quantized
+            _insert_before(model, node, quant)
+            chosen[quantized] = (-grid.fractional, True)
+            self.record.quantizers[quantized] = quant_type(grid.width, -grid.fractional, True).hls4ml()
+            self.record.notes.append(f"{node.name or node.op_type}: input quantized to its look-up table's grid "
+                                     f"({grid.width} bits, step 2^{-grid.fractional}) so the table activation is exact")
+        return chosen
+
     # -- biases and the per-layer record ---------------------------------------------------------
 
     def _input_scale(self, model: ModelWrapper, tensor: str) -> float | None:
@@ -403,7 +440,7 @@ class FixedPointQuantization(QuantizationPass):
             nxt = consumers[0]
             if nxt.op_type == "Quant":
                 return (nxt.output[0] if nxt.output[0] in act_types else None), chain
-            if nxt.op_type not in CONTINUATION_OPS + ACTIVATION_OPS:
+            if nxt.op_type not in CONTINUATION_OPS + ACTIVATION_OPS + LAYOUT_OPS:
                 return None, chain
             chain.append(nxt.op_type)
             tensor = nxt.output[0]
