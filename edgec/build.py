@@ -326,9 +326,10 @@ def _system_figures(planned: list[PlannedSegment], tgt, options: DesignOptions, 
 
 
 def _adopt_float_parallelism(quantized: PlannedSegment, float_canonical_model, float_plan: LoweringPlan, options: DesignOptions, device) -> dict:
-    """One FPGA segment of a quantized build against the same segment of the float build: when
-    worse, the float segment's strategies and reuse factors (repaired by ``_repair_toward``) replace
-    the configurator's, if that is less worse. Returns the segment's comparison."""
+    """One FPGA design (or segment) of a quantized build against the float build's: when worse in
+    latency, LUTs or DSPs, the float design's strategies and reuse factors (repaired by
+    ``_repair_toward``) replace the configurator's, if that is less worse (fewer figures worse, then
+    by less). Changes ``quantized.plan`` accordingly; returns the comparison for report.json."""
     import copy
 
     from edgec.configure import nearest_valid_reuse_factor
@@ -354,14 +355,18 @@ def _adopt_float_parallelism(quantized: PlannedSegment, float_canonical_model, f
         figures = _design_figures(quantized.canonical.model, alternative, options, device)
         if worse(figures):
             alternative, figures, steps = _repair_toward(alternative, figures, quantized.canonical.model, options, device, worse, excess)
-            result["repair_steps"] = steps
+            if steps:
+                result["repair_steps"] = steps
+        result["float_parallelism"] = figures
         if excess(figures) < excess(own):
             alternative.notes = [note for note in alternative.notes if not any(note.startswith(f"{name}:") for name in alternative.layers)]
             alternative.notes += [f"{c.node}: {c.reason}" for c in alternative.layers.values() if c.reuse_factor > 1]
             quantized.plan = alternative
             result["chosen"] = "float_parallelism"
             own = figures
-    result["chosen_figures"] = own
+    result["no_worse"] = not worse(own)
+    result["worse_in"] = worse(own)
+    result["excess"] = {k: round(own[k] / max(reference[k], 1e-9) - 1, 4) for k in worse(own)}
     return result
 
 
@@ -421,10 +426,9 @@ def no_worse_than_float(planned: list[PlannedSegment], float_model, x: np.ndarra
     target. The configurator spends what the narrower layers save on parallelism, which can cost
     more LUTs (narrow products map to LUTs, wide ones to DSPs). When the quantized design is worse
     than the float one in latency, LUTs or DSPs, the quantized layers are given the float design's
-    strategies and reuse factors instead (same parallelism, narrower arithmetic); the better of the
-    two is kept. Returns the comparison for report.json (None for partitioned builds)."""
-    import copy
-
+    strategies and reuse factors instead (same parallelism, narrower arithmetic), then repaired by a
+    local search over reuse factors; the less worse of the two is kept. Returns the comparison for
+    report.json (None for partitioned builds)."""
     fpga = [p for p in planned if p.segment.placement == "fpga"]
     if len(planned) != 1 or len(fpga) != 1 or options.reuse_factor is not None or options.strategy is not None:
         return None
@@ -438,43 +442,8 @@ def no_worse_than_float(planned: list[PlannedSegment], float_model, x: np.ndarra
                 "chosen": "configured", "no_worse": None, "worse_in": [],
                 "note": f"quantized design not compared with a float one: the float model does not fit {tgt.name}'s FPGA "
                         "even at the largest reuse factors (its build moves layers to the CPU); the quantized model fits whole"}
-    reference = _design_figures(float_canonical.model, float_plan, options, device)
-    own = _design_figures(quantized.canonical.model, quantized.plan, options, device)
-
-    def worse(figures: dict) -> list[str]:
-        return [k for k in COMPARED_METRICS if figures[k] > reference[k] * (1 + 1e-9)]
-
-    result = {"float": reference, "configured": own, "chosen": "configured", "no_worse": not worse(own)}
-    if worse(own):
-        from edgec.configure import nearest_valid_reuse_factor
-
-        alternative = copy.deepcopy(quantized.plan)
-        for name, choice in alternative.layers.items():
-            source = float_plan.layers.get(name)
-            if source is not None:
-                choice.strategy = "Latency" if choice.depthwise else source.strategy
-                choice.reuse_factor = nearest_valid_reuse_factor(choice, source.reuse_factor)
-                choice.reason = f"the float design's {source.strategy} strategy, reuse factor {source.reuse_factor} (so quantizing does not cost more than the float design)"
-        figures = _design_figures(quantized.canonical.model, alternative, options, device)
-        result["float_parallelism"] = figures
-
-        def excess(candidate: dict) -> tuple[int, float]:  # how many figures are worse, then by how much
-            return len(worse(candidate)), sum(candidate[k] / max(reference[k], 1e-9) - 1 for k in worse(candidate))
-
-        if worse(figures):
-            alternative, figures, steps = _repair_toward(alternative, figures, quantized.canonical.model, options, device, worse, excess)
-            if steps:
-                result["repair_steps"] = steps
-                result["float_parallelism"] = figures
-        alternative.notes = [note for note in alternative.notes if not any(note.startswith(f"{name}:") for name in alternative.layers)]
-        alternative.notes += [f"{c.node}: {c.reason}" for c in alternative.layers.values() if c.reuse_factor > 1]
-        if excess(figures) < excess(own):
-            quantized.plan = alternative
-            result["chosen"] = "float_parallelism"
-            result["no_worse"] = not worse(figures)
-            own = figures
-    result["worse_in"] = worse(own)
-    result["excess"] = {k: round(own[k] / max(reference[k], 1e-9) - 1, 4) for k in worse(own)}
+    result = _adopt_float_parallelism(quantized, float_canonical.model, float_plan, options, device)
+    del result["segment"]
     return result
 
 
