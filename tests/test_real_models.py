@@ -277,3 +277,14 @@ def test_affine_ops_move_above_a_squeeze_unchanged():
     x = rng.normal(size=(1, 8, 1, 5)).astype(np.float32)
     run_model = lambda m: ort.InferenceSession(m.model.SerializeToString()).run(None, {"x": x})[0]  # noqa: E731
     assert np.array_equal(run_model(before), run_model(after))
+
+
+def test_weights_rescaled_by_hls4ml_keep_a_type_that_holds_them(tmp_path):
+    """onnxruntime QDQ with a float-scale output quantizer after a Gemm: hls4ml folds 1/scale into
+    the Dense weights after edgec typed them; they used to saturate (logits off by 4.3)."""
+    name = "ort_qdq_s8_perchannel_cnn1d"
+    report = edgec.build(corpus(name), target="pynq-z2", output_dir=tmp_path / "b", data=corpus_data(name), cross=False).report
+    ver = report["verification"]
+    last = ver["segments_exactness"][-1]
+    # within one step of the float-scale output quantizer (0.0785) plus one LSB of the type
+    assert ver["max_abs_error"] < 0.08 and last["max_lsb_error"] <= 1.0

@@ -401,10 +401,15 @@ def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
         elif cls in LINEAR_CLASSES and in_t is not None:
             choice = plan.layers.get(_onnx_node_for(layer, plan))
             weight = layer.weights["weight"]
+            data = np.asarray(weight.data, dtype=np.float64)
             if choice is not None:
                 w_t = choice.weight_t
+                peak = float(np.max(np.abs(data))) if data.size else 0.0
+                if w_t is not None and peak > w_t.max_abs:
+                    # hls4ml rescaled the weights after the plan typed them (it folds a float-scale
+                    # output quantizer's 1/scale into the layer): type what it will compute with
+                    w_t = exact_type(data, plan.width) or range_type(peak, plan.width)
             else:  # a layer the plan does not know (none today): type its weights the same way
-                data = np.asarray(weight.data, dtype=np.float64)
                 w_t = exact_type(data, plan.width) or range_type(float(np.max(np.abs(data))), plan.width)
             low_bit = None if isinstance(weight.type.precision, XnorPrecisionType) else _low_bit_weights(layer)
             if low_bit is not None:
