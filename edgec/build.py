@@ -287,9 +287,8 @@ def _repair_toward(plan: LoweringPlan, figures: dict, canonical_model, options: 
     """Local search over per-layer reuse factors (one valid step smaller or larger per move) that
     removes what is still worse than the float design: a narrower design can need a cycle more (its
     input quantizer) or more LUTs (narrow products in the fabric). Takes the move that reduces the
-    excess most, until nothing is worse or no move helps. Returns the plan, its figures, the moves."""
-    import copy
-
+    excess most, until nothing is worse or no move helps. Changes ``plan`` in place; returns it,
+    its figures and the moves."""
     from edgec.configure import neighbouring_reuse_factors
 
     steps: list[str] = []
@@ -298,19 +297,21 @@ def _repair_toward(plan: LoweringPlan, figures: dict, canonical_model, options: 
             break
         best = None
         for name, choice in plan.layers.items():
+            current = choice.reuse_factor
             for rf in neighbouring_reuse_factors(choice):
                 if rf is None:
                     continue
-                candidate = copy.deepcopy(plan)
-                candidate.layers[name].reuse_factor = rf
-                tried = _design_figures(canonical_model, candidate, options, device)
+                choice.reuse_factor = rf  # try the move, then put the layer back
+                tried = _design_figures(canonical_model, plan, options, device)
+                choice.reuse_factor = current
                 key = (excess(tried), tried["lut"])
                 if key[0] < excess(figures) and (best is None or key < best[0]):
-                    best = (key, candidate, tried, f"{name}: reuse factor {choice.reuse_factor} -> {rf}")
+                    best = (key, name, rf, tried)
         if best is None:
             break
-        _, plan, figures, move = best
-        steps.append(move)
+        _, name, rf, figures = best
+        steps.append(f"{name}: reuse factor {plan.layers[name].reuse_factor} -> {rf}")
+        plan.layers[name].reuse_factor = rf
     for name, choice in plan.layers.items():
         if any(step.startswith(f"{name}:") for step in steps):
             choice.reason = f"reuse factor {choice.reuse_factor}: adjusted from the float design's so quantizing costs no more than the float design"

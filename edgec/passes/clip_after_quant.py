@@ -19,24 +19,9 @@ import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.transformation.base import Transformation
 
-from edgec.passes.rewrite_for_hls4ml import _attr, constant_value
+from edgec.passes.rewrite_for_hls4ml import _attr, clip_bounds
 
 QUANT_DOMAINS = ("qonnx.custom_op.general", "onnx.brevitas", "finn.custom_op.general")
-
-
-def _clip_bounds(model: ModelWrapper, node) -> tuple[float | None, float | None] | None:
-    """Constant (lo, hi) of a Clip (inputs from opset 11, attributes before); None when computed."""
-    bounds: list[float | None] = []
-    for index, attr_name in ((1, "min"), (2, "max")):
-        if len(node.input) > index and node.input[index]:
-            value = constant_value(model, node.input[index])
-            if value is None or np.size(value) != 1:
-                return None
-            bounds.append(float(np.asarray(value).reshape(-1)[0]))
-        else:
-            value = _attr(node, attr_name)
-            bounds.append(float(value) if value is not None else None)
-    return tuple(b if b is not None and np.isfinite(b) else None for b in bounds)  # type: ignore[return-value]
 
 
 def _quant_grid(model: ModelWrapper, quant) -> tuple[float, float, float] | None:
@@ -79,7 +64,7 @@ class MoveClipAfterQuantizer(Transformation):
                 continue
             quant = consumers[0]
             grid = _quant_grid(model, quant)
-            bounds = _clip_bounds(model, clip)
+            bounds = clip_bounds(model, clip)
             if grid is None or bounds is None:
                 continue
             scale, low, high = grid

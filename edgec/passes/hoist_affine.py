@@ -14,23 +14,16 @@ from onnx import helper
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.transformation.base import Transformation
 
-from edgec.passes.rewrite_for_hls4ml import _attr, constant_value
+from edgec.passes.rewrite_for_hls4ml import MISSING, constant_parameter
 
 AFFINE_OPS = ("Add", "Sub", "Mul", "Div")
 
 
 def _squeezed_axes(model: ModelWrapper, squeeze, rank_in: int) -> list[int] | None:
-    if len(squeeze.input) > 1 and squeeze.input[1]:
-        axes = constant_value(model, squeeze.input[1])
-        if axes is None:
-            return None
-        axes = [int(a) for a in np.asarray(axes).reshape(-1)]
-    else:
-        axes = _attr(squeeze, "axes")
-        if axes is None:
-            return None
-        axes = [int(a) for a in axes]
-    return sorted(a % rank_in for a in axes)
+    axes = constant_parameter(model, squeeze, 1, "axes")
+    if axes is None or axes is MISSING:  # computed, or "every unit axis": not worth following
+        return None
+    return sorted(int(a) % rank_in for a in np.asarray(axes).reshape(-1))
 
 
 class HoistAffineAboveSqueeze(Transformation):

@@ -47,6 +47,32 @@ def constant_value(model: ModelWrapper, name: str) -> np.ndarray | None:
     return None
 
 
+MISSING = object()  # an optional parameter the node does not give
+
+
+def constant_parameter(model: ModelWrapper, node, index: int, attribute: str):
+    """A node's constant parameter that newer opsets pass as input ``index`` and older ones as
+    ``attribute`` (Clip's min/max, Squeeze's axes): its value, None when the input is computed at
+    run time, or MISSING when the node gives neither."""
+    if len(node.input) > index and node.input[index]:
+        return constant_value(model, node.input[index])
+    value = _attr(node, attribute)
+    return MISSING if value is None else np.asarray(value)
+
+
+def clip_bounds(model: ModelWrapper, node) -> tuple[float | None, float | None] | None:
+    """Constant (lo, hi) of a Clip, None for a side it leaves open (absent or infinite); None
+    altogether when a bound is computed at run time or is not a scalar."""
+    bounds: list[float | None] = []
+    for index, attribute in ((1, "min"), (2, "max")):
+        value = constant_parameter(model, node, index, attribute)
+        if value is None or (value is not MISSING and np.size(value) != 1):
+            return None
+        bound = None if value is MISSING else float(np.asarray(value).reshape(-1)[0])
+        bounds.append(bound if bound is not None and np.isfinite(bound) else None)
+    return bounds[0], bounds[1]
+
+
 class RewriteForHls4ml(Transformation):
     def __init__(self, pooling: bool = True) -> None:
         """``pooling=False`` leaves average pooling alone (cost estimates of hls4ml's own Pooling layers)."""
@@ -115,21 +141,10 @@ class RewriteForHls4ml(Transformation):
         x, y, name = node.input[0], node.output[0], node.name or "clip"
         if constant_value(model, x) is not None:
             return False  # a constant: folded by cleanup
-        bounds = []
-        for index, attr_name in ((1, "min"), (2, "max")):
-            if len(node.input) > index and node.input[index]:
-                value = constant_value(model, node.input[index])
-                if value is None:
-                    return False  # a bound computed at run time
-                bounds.append(float(np.asarray(value).reshape(-1)[0]) if np.size(value) == 1 else None)
-            else:
-                value = _attr(node, attr_name)
-                bounds.append(float(value) if value is not None else None)
+        bounds = clip_bounds(model, node)
+        if bounds is None:
+            return False  # a bound computed at run time
         lo, hi = bounds
-        if lo is not None and not np.isfinite(lo):
-            lo = None
-        if hi is not None and not np.isfinite(hi):
-            hi = None
         if lo is None and hi is None:
             new_nodes = [helper.make_node("Identity", [x], [y], name=name)]
         else:
