@@ -31,6 +31,8 @@ from edgec.frontend.canonicalize import CanonicalModel, canonicalize
 from edgec.frontend.load import load_model
 from edgec.frontend.support import check_single_io
 from edgec.passes.partition import PlaceNodes, Segment, absorb_wiring_atoms, atoms, move_largest_to_cpu, prepare, split_segments
+from edgec.passes.quant.float_on_cpu import QUANTIZER_OPS as CPU_FLOAT_QUANTIZER_OPS
+from edgec.passes.quant.float_on_cpu import KeepCpuLayersFloat
 from edgec.report import SCHEMA_VERSION, render_summary, write_report
 from edgec.report_html import write_html
 from edgec.runtime.hetero import SegmentRunner, run_chain, to_canonical_layout
@@ -306,15 +308,28 @@ def _repair_toward(plan: LoweringPlan, figures: dict, canonical_model, options: 
                 choice.reuse_factor = current
                 key = (excess(tried), tried["lut"])
                 if key[0] < excess(figures) and (best is None or key < best[0]):
-                    best = (key, name, rf, tried)
+                    best = (key, name, ("reuse_factor", rf), tried)
+            if (choice.variable_products or choice.compressed) and not choice.products_on_dsp:
+                choice.products_on_dsp = True  # the same multipliers, in DSP slices instead of LUTs
+                tried = _design_figures(canonical_model, plan, options, device)
+                choice.products_on_dsp = False
+                key = (excess(tried), tried["lut"])
+                if key[0] < excess(figures) and (best is None or key < best[0]):
+                    best = (key, name, ("products_on_dsp", True), tried)
         if best is None:
             break
-        _, name, rf, figures = best
-        steps.append(f"{name}: reuse factor {plan.layers[name].reuse_factor} -> {rf}")
-        plan.layers[name].reuse_factor = rf
+        _, name, (field_name, value), figures = best
+        choice = plan.layers[name]
+        if field_name == "reuse_factor":
+            steps.append(f"{name}: reuse factor {choice.reuse_factor} -> {value}")
+        else:
+            steps.append(f"{name}: products bound to DSP slices")
+        setattr(choice, field_name, value)
     for name, choice in plan.layers.items():
-        if any(step.startswith(f"{name}:") for step in steps):
+        if any(step.startswith(f"{name}: reuse factor") for step in steps):
             choice.reason = f"reuse factor {choice.reuse_factor}: adjusted from the float design's so quantizing costs no more than the float design"
+        if choice.products_on_dsp:
+            choice.reason += "; its shared multipliers are bound to DSP slices (narrow products would otherwise take LUTs)"
     return plan, figures, steps
 
 
@@ -372,13 +387,17 @@ def _adopt_float_parallelism(quantized: PlannedSegment, float_canonical_model, f
 
 
 def compare_partitioned_with_float(planned: list[PlannedSegment], float_model, x: np.ndarray, tgt, options: DesignOptions, width: int,
-                                   device, make_placer, pinned: set[str], quantized_model) -> tuple[dict, list[PlannedSegment] | None, object]:
+                                   device, make_placer, pinned: set[str], quantized_model, placed=None,
+                                   float_on_cpu: bool = False) -> tuple[dict, list[PlannedSegment] | None, object, object]:
     """For a quantized build that is not one FPGA design (or whose float model is not): the float
     model's build as edgec partitions it, against this one, whole system (CPU segments and
     transfers in the latency, FPGA segments in the resources). When the quantized build is worse
     (typically: it fits the FPGA whole, fast but with more LUTs than the float build, which left
     layers to the CPU), the quantized model is also placed as the float one was and the better of
-    the two is kept. Returns (comparison, new planned segments or None, their placed model)."""
+    the two is kept. With ``float_on_cpu`` (the quantizers are all edgec's own), the layers left to
+    the CPU are then given back their float32 arithmetic (``KeepCpuLayersFloat``: TVM would only
+    emulate the quantizers there, at a cost) when that is no worse. Returns (comparison, new planned
+    segments or None, their placed model, the model the build now implements or None)."""
     float_placed = prepare(float_model).transform(make_placer({}))
     float_planned, _ = plan_partition(float_placed, x, tgt, options, width, "auto", pinned)
     reference = _system_figures(float_planned, tgt, options, device)
@@ -416,10 +435,37 @@ def compare_partitioned_with_float(planned: list[PlannedSegment], float_model, x
                 result["chosen"] = "float_placement"
                 result["compared"] += f"; kept the float build's placement: {layout(alternative)}"
                 replanned, replaced, own = alternative, placed, figures
+    implemented = None
+    current_planned, current_placed = replanned or planned, replaced or placed
+    if float_on_cpu and current_placed is not None and any(p.segment.placement == "cpu" for p in current_planned):
+        keep = KeepCpuLayersFloat({name: p.segment.placement for p in current_planned for name in p.segment.nodes})
+        stripped = current_placed.transform(keep)
+        try:
+            alternative, _ = plan_partition(stripped, x, tgt, options, width, "auto", pinned) if keep.record["removed"] else (None, None)
+        except TargetFitError:
+            alternative = None
+        if alternative is not None:
+            if layout(alternative) == layout(float_planned):
+                for q_seg, f_seg in zip(alternative, float_planned):
+                    if q_seg.segment.placement == "fpga":
+                        _adopt_float_parallelism(q_seg, f_seg.canonical.model, f_seg.plan, options, device)
+            figures = _system_figures(alternative, tgt, options, device)
+            result["float_on_cpu"] = {**figures, "quantizers_removed": len(keep.record["removed"]),
+                                      "quantizers_moved_to_fpga": keep.record["moved_to_fpga"]}
+            if (excess(figures), figures["latency_us"]) < (excess(own), own["latency_us"]):
+                result["chosen"] = "float_on_cpu"
+                result["compared"] += (f"; the CPU layers keep float32 arithmetic ({len(keep.record['removed'])} quantizer(s) TVM would "
+                                       f"only emulate removed), the FPGA layers stay quantized: {layout(alternative)}")
+                replanned, replaced, own, implemented = alternative, stripped, figures, stripped
     result["no_worse"] = not worse(own)
     result["worse_in"] = worse(own)
     result["excess"] = {k: round(own[k] / max(reference[k], 1e-9) - 1, 4) for k in worse(own)}
-    return result, replanned, replaced
+    return result, replanned, replaced, implemented
+
+
+def _has_quantizers(model) -> bool:
+    """Whether a model has QONNX quantizers of its own (then they are the user's, not edgec's)."""
+    return any(node.op_type in CPU_FLOAT_QUANTIZER_OPS for node in model.graph.node)
 
 
 def no_worse_than_float(planned: list[PlannedSegment], float_model, x: np.ndarray, tgt, options: DesignOptions, width: int, device) -> dict | None:
@@ -692,10 +738,13 @@ def build(
                 return PlaceNodes(place, {**extra, **(placement or {})}, has_fpga=base_target.has_fpga, has_cpu=base_target.cpu is not None,
                                   target_name=base_target.name)
 
-            float_comparison, replanned, replaced = compare_partitioned_with_float(
-                planned, float_model, x, tgt, options, width, device, make_placer, pinned, loaded.model)
+            float_comparison, replanned, replaced, implemented = compare_partitioned_with_float(
+                planned, float_model, x, tgt, options, width, device, make_placer, pinned, loaded.model, placed,
+                float_on_cpu=not _has_quantizers(float_model))
             if replanned is not None:
                 planned, placed = replanned, replaced
+            if implemented is not None:  # the reference the build is verified against is what it implements
+                loaded.model = implemented
         if float_comparison is not None and float_comparison["float"] is None:
             partition_notes.append(float_comparison["note"])
         elif float_comparison is not None:
@@ -707,6 +756,10 @@ def build(
                     line += " (then adjusted: " + ", ".join(float_comparison["repair_steps"]) + ")"
             if float_comparison["chosen"] == "float_placement":
                 line += "; placed as the float build (the layers it left to the CPU stay there): the whole-FPGA design cost more"
+            if float_comparison["chosen"] == "float_on_cpu":
+                line += ("; the layers on the CPU keep float32 weights and activations (TVM runs them in float32, where the "
+                         f"{float_comparison['float_on_cpu']['quantizers_removed']} quantizer(s) would only be emulated at a cost); "
+                         "the FPGA layers are quantized, and the build is verified against this model")
             if float_comparison["worse_in"]:
                 line += "; worse in " + ", ".join(f"{k} ({float_comparison['float'][k]} -> {chosen[k]})" for k in float_comparison["worse_in"])
                 if "compared" in float_comparison:

@@ -50,6 +50,17 @@ class LayerChoice:
     sparsity: float = 0.0  # fraction of zero weights (after quantization to weight_t)
     compressed: bool = False  # hls4ml's compressed (index + value) weights, Resource-strategy Dense only
     depthwise: bool = False  # a grouped Conv with one input channel per group (hls4ml's DepthwiseConv)
+    # The layer's shared (variable) multipliers are bound to DSP slices (Vitis BIND_OP impl=dsp /
+    # Vivado HLS RESOURCE core=DSP48) instead of being left to HLS, which builds products narrower
+    # than ~10 bits in LUTs. Only meaningful where the products are variable: Resource strategy
+    # with a reuse factor above 1.
+    products_on_dsp: bool = False
+
+    @property
+    def variable_products(self) -> bool:
+        """Whether the layer's products are shared multipliers fed from weight memory (Resource
+        strategy, reuse factor > 1), which is where binding them to DSP slices applies."""
+        return self.strategy == "Resource" and self.reuse_factor > 1
 
     @property
     def serial_strategy(self) -> str:

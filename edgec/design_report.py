@@ -207,9 +207,16 @@ def cost_partitioned_design(planned: list, projects: dict, libraries: dict, targ
                     bottleneck_name = bottleneck_name or layer_entry["name"]
             for key, value in design.resources().items():
                 fpga_resources[key] += value
-            if project is not None:
-                first_precision = project.layers[0].precision.get("result") if project.layers else None
-                last_precision = project.layers[-1].precision.get("result") if project.layers else None
+            if project is not None:  # the top function's port types: what the driver packs into stream words
+                from edgec.backends.bundle import read_hls_interface
+                from edgec.errors import BundleError
+
+                try:
+                    interface = read_hls_interface(project.project_dir, project.project_name)
+                    first_precision, last_precision = f"{interface.input.value_type.width} bits", f"{interface.output.value_type.width} bits"
+                except BundleError:
+                    first_precision = project.layers[0].precision.get("result") if project.layers else None
+                    last_precision = project.layers[-1].precision.get("result") if project.layers else None
             else:  # the cost model's view: the first layer's input and the last layer's result widths
                 first_precision = f"{design.layers[0].layer.input_bits} bits" if design.layers else None
                 last_precision = f"{design.layers[-1].layer.result_bits} bits" if design.layers else None

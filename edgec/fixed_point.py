@@ -124,3 +124,53 @@ def table_input_type(op_type: str) -> FixedType | None:
     step_exponent = int(round(math.log2(span / ACTIVATION_TABLE_SIZE)))
     integer = int(round(math.log2(span)))  # signed ap_fixed<W, I> holds [-2^(I-1), 2^(I-1)) = [-span/2, span/2)
     return FixedType(integer - step_exponent, integer, True)
+
+
+def input_quantizer_type(model) -> FixedType | None:
+    """The exact type of a power-of-two, zero-point-0 QONNX quantizer that alone reads the graph
+    input: giving the Input layer that type (round half to even, saturating) converts each float
+    input once, as the quantizer does, instead of rounding it onto a calibrated grid first."""
+    consumers = model.find_consumers(model.graph.input[0].name) or []
+    if len(consumers) != 1 or consumers[0].op_type != "Quant":
+        return None
+    return quant_node_type(model, consumers[0])
+
+
+def quant_node_type(model, quant) -> FixedType | None:
+    """The exact ap_fixed type of a power-of-two, zero-point-0 QONNX Quant node (its rounding and
+    saturation included), or None for other quantizers."""
+    scale, zeropt, bits = (model.get_initializer(name) for name in quant.input[1:4])
+    if scale is None or zeropt is None or bits is None or np.size(scale) != 1 or np.any(zeropt != 0):
+        return None
+    exponent = float(np.log2(float(np.asarray(scale).reshape(-1)[0])))
+    if exponent != round(exponent):
+        return None
+    attrs = {a.name: a for a in quant.attribute}
+    signed = bool(attrs["signed"].i) if "signed" in attrs else True
+    narrow = bool(attrs["narrow"].i) if "narrow" in attrs else False
+    width = int(np.asarray(bits).reshape(-1)[0])
+    mode = attrs["rounding_mode"].s.decode() if "rounding_mode" in attrs else "ROUND"
+    rounding = {"ROUND": "RND_CONV", "FLOOR": "TRN", "ROUND_TO_ZERO": "TRN_ZERO"}.get(mode.upper())
+    if rounding is None or width < 1:
+        return None
+    return FixedType(width, width + int(round(exponent)), signed, rounding, "SAT_SYM" if narrow and signed else "SAT")
+
+
+# ops that only move values: hls4ml makes them views of their input's variable (io_parallel), so the
+# layer in front of them cannot be removed from under them
+VIEW_OPS = ("Reshape", "Flatten", "Transpose", "Identity", "Squeeze", "Unsqueeze")
+
+
+def droppable_input_quantizer(model):
+    """The QONNX ``Quant`` that alone reads the graph input, when the Input can take its exact type
+    (``input_quantizer_type``) and the layer hls4ml makes of it can go: it does not write the graph
+    output and no view op reads it. The backend removes that layer and the cost model leaves it out."""
+    if input_quantizer_type(model) is None:
+        return None
+    quant = model.find_consumers(model.graph.input[0].name)[0]
+    if quant.output[0] in {o.name for o in model.graph.output}:
+        return None
+    readers = model.find_consumers(quant.output[0]) or []
+    if not readers or any(r.op_type in VIEW_OPS for r in readers):
+        return None
+    return quant

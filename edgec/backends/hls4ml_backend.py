@@ -22,7 +22,16 @@ from qonnx.core.modelwrapper import ModelWrapper
 
 from edgec.configure import LoweringPlan
 from edgec.errors import ToolchainError
-from edgec.fixed_point import ACTIVATION_TABLE_SIZE, FixedType, accumulator_type, exact_type, range_type
+from edgec.fixed_point import (
+    ACTIVATION_TABLE_SIZE,
+    FixedType,
+    accumulator_type,
+    droppable_input_quantizer,
+    exact_type,
+    input_quantizer_type,
+    quant_node_type,
+    range_type,
+)
 from edgec.targets import Target
 
 log = logging.getLogger(__name__)
@@ -313,36 +322,6 @@ def _xnor_popcount_types(layer) -> FixedType:
     return FixedType(integer + bias_t.fractional, integer, True)
 
 
-def input_quantizer_type(model: ModelWrapper) -> FixedType | None:
-    """The exact type of a power-of-two, zero-point-0 QONNX quantizer that alone reads the graph
-    input: giving the Input layer that type (round half to even, saturating) converts each float
-    input once, as the quantizer does, instead of rounding it onto a calibrated grid first."""
-    consumers = model.find_consumers(model.graph.input[0].name) or []
-    if len(consumers) != 1 or consumers[0].op_type != "Quant":
-        return None
-    return quant_node_type(model, consumers[0])
-
-
-def quant_node_type(model: ModelWrapper, quant) -> FixedType | None:
-    """The exact ap_fixed type of a power-of-two, zero-point-0 QONNX Quant node (its rounding and
-    saturation included), or None for other quantizers."""
-    scale, zeropt, bits = (model.get_initializer(name) for name in quant.input[1:4])
-    if scale is None or zeropt is None or bits is None or np.size(scale) != 1 or np.any(zeropt != 0):
-        return None
-    exponent = float(np.log2(float(np.asarray(scale).reshape(-1)[0])))
-    if exponent != round(exponent):
-        return None
-    attrs = {a.name: a for a in quant.attribute}
-    signed = bool(attrs["signed"].i) if "signed" in attrs else True
-    narrow = bool(attrs["narrow"].i) if "narrow" in attrs else False
-    width = int(np.asarray(bits).reshape(-1)[0])
-    mode = attrs["rounding_mode"].s.decode() if "rounding_mode" in attrs else "ROUND"
-    rounding = {"ROUND": "RND_CONV", "FLOOR": "TRN", "ROUND_TO_ZERO": "TRN_ZERO"}.get(mode.upper())
-    if rounding is None or width < 1:
-        return None
-    return FixedType(width, width + int(round(exponent)), signed, rounding, "SAT_SYM" if narrow and signed else "SAT")
-
-
 def _exact_thresholds(layer, model: ModelWrapper, in_t: FixedType) -> None:
     """hls4ml's fused sign (``normalize_binary_tanh``) compares its input with thresholds that must
     have the input's own type, and it rounds them down (wrong for ``x >= t`` unless t is on the grid).
@@ -493,6 +472,32 @@ def apply_uniform_precision(hm, precision: FixedType) -> None:
             _set_result(layer, precision)
 
 
+def drop_input_quantizer(hm, model: ModelWrapper) -> str | None:
+    """Remove the linear-activation layer hls4ml made of the quantizer that alone reads the graph
+    input, when ``apply_types`` gave the Input layer that quantizer's exact type
+    (``input_quantizer_type``): the float input is then rounded and saturated once, as it enters,
+    and the layer would only copy values of one type into the same type. Returns its name."""
+    if droppable_input_quantizer(model) is None:
+        return None
+    layers = list(hm.get_layers())
+    inputs = [layer for layer in layers if layer.class_name == "Input"]
+    if len(inputs) != 1:
+        return None
+    readers = [layer for layer in layers if inputs[0].outputs[0] in layer.inputs]
+    if len(readers) != 1:
+        return None
+    quantizer = readers[0]
+    if not _is_quantizer(quantizer) or quantizer.get_attr("activation") != "linear" or quantizer.outputs[0] in hm.outputs:
+        return None
+    if any(quantizer.outputs[0] in layer.inputs and layer.class_name in PASS_THROUGH_CLASSES for layer in layers):
+        raise ToolchainError(f"layer {quantizer.name}: a view layer reads the input quantizer edgec meant to remove",
+                             hint="this is a bug in edgec's lowering: please report it with the model")
+    if str(quantizer.get_output_variable().type.precision) != str(inputs[0].get_output_variable().type.precision):
+        return None
+    hm.remove_node(quantizer)
+    return quantizer.name
+
+
 def _refresh_templates(hm) -> None:
     """Re-render hls4ml's per-layer C++ config/function snippets after edgec changed the types.
 
@@ -507,6 +512,44 @@ def _refresh_templates(hm) -> None:
         for template in templates:
             if template.match(layer):
                 template.transform(hm, layer)
+
+
+DSP_PRODUCT_HEADER = "edgec_products.h"
+
+
+def bind_products_to_dsp(hm, plan: LoweringPlan) -> list[str]:
+    """Give the layers whose ``LayerChoice.products_on_dsp`` is set edgec's DSP-bound product
+    (templates/edgec_products.h.j2) in place of hls4ml's ``mult``; returns the hls4ml layers changed.
+    Call after ``_refresh_templates`` (it rewrites the rendered config) and write the header with
+    ``write_product_header`` after ``hm.write()``."""
+    bound = []
+    plain = "using product = nnet::product::mult<x_T, y_T>;"
+    for layer in hm.get_layers():
+        if layer.class_name not in LINEAR_CLASSES:
+            continue
+        node = _onnx_node_for(layer, plan)
+        choice = plan.layers.get(node) if node is not None else None
+        if choice is None or not choice.products_on_dsp or not (choice.variable_products or choice.compressed):
+            continue
+        config = layer.get_attr("config_cpp") or ""
+        if plain not in config:
+            raise ToolchainError(
+                f"layer {layer.name}: cannot bind its products to DSP slices, hls4ml did not give it the plain product",
+                hint="check the pinned hls4ml version",
+            )
+        layer.set_attr("config_cpp", config.replace(plain, "using product = nnet::product::edgec_dsp_mult<x_T, y_T>;"))
+        layer.set_attr("include_header", list(layer.get_attr("include_header", []) or []) + [DSP_PRODUCT_HEADER])
+        bound.append(layer.name)
+    return bound
+
+
+def write_product_header(project_dir: Path, project_name: str, backend: str) -> None:
+    """Write the DSP-bound product class the bound layers' configs name."""
+    from edgec import __version__
+    from edgec.templating import render
+
+    header = project_dir / "firmware" / DSP_PRODUCT_HEADER
+    header.write_text(render("edgec_products.h.j2", edgec_version=__version__, project_name=project_name, backend=backend.lower()))
 
 
 def _make_weights_relocatable(project_dir: Path, project_name: str) -> None:
@@ -769,13 +812,17 @@ def lower(model: ModelWrapper, plan: LoweringPlan, target: Target, project_dir: 
             )
         if plan.precision is None:
             apply_types(hm, model, plan)
+            drop_input_quantizer(hm, model)
         else:
             apply_uniform_precision(hm, plan.precision)
         _refresh_templates(hm)
+        bound = bind_products_to_dsp(hm, plan)
         converted = time.perf_counter()
         hm.config.config["OnnxModel"] = f"{project_name}.onnx"  # the yml names the model file, not a pickled object
         with _quiet():
             hm.write()
+            if bound:
+                write_product_header(project_dir, project_name, hls_backend)
             _make_weights_relocatable(project_dir, project_name)
             _make_deterministic(hm, model, project_dir, project_name)
     except Exception as exc:  # hls4ml raises bare Exceptions

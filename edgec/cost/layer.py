@@ -17,7 +17,7 @@ import numpy as np
 from onnx import helper
 from qonnx.core.modelwrapper import ModelWrapper
 
-from edgec.fixed_point import FixedType
+from edgec.fixed_point import FixedType, droppable_input_quantizer
 
 ACTIVATION_OPS = {
     "Relu": "relu", "LeakyRelu": "leaky_relu", "PRelu": "prelu", "Elu": "elu", "Selu": "selu",
@@ -67,6 +67,7 @@ class LayerConfig:
     weight_codes: np.ndarray | None = None  # integer weights (value * 2^fractional bits)
     binary_weights: bool = False
     compressed: bool = False  # hls4ml compressed weights (non-zeros with their indices)
+    products_on_dsp: bool = False  # variable products bound to DSP slices (LayerChoice.products_on_dsp)
     nonzero_bias: int = 0
     activation: str | None = None
     table_size: int = 0
@@ -216,6 +217,11 @@ def layers_from_onnx(
         return settings.precision or handed.get(tensor) or tensor_type(tensor)
 
     nodes = list(model.graph.node)
+    dropped = droppable_input_quantizer(model) if settings.precision is None else None
+    if dropped is not None:
+        # the Input takes the quantizer's exact type: the backend removes the layer
+        # (edgec.backends.hls4ml_backend.drop_input_quantizer)
+        consumed.add(dropped.name)
     for node in nodes:
         if node.name in consumed:
             continue
@@ -453,6 +459,7 @@ def plan_cost_layers(model: ModelWrapper, plan, io_type: str, strategy: str | No
     for layer in layers:
         choice = plan.layers.get(layer.name)
         layer.compressed = bool(choice is not None and getattr(choice, "compressed", False))
+        layer.products_on_dsp = bool(choice is not None and getattr(choice, "products_on_dsp", False))
     return layers
 
 

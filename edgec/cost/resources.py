@@ -122,9 +122,10 @@ def dsp_slices_for_product(a_bits: int, b_bits: int, dsp_kind: str) -> int:
     return min(parts(a_bits, port_a) * parts(b_bits, port_b), parts(a_bits, port_b) * parts(b_bits, port_a))
 
 
-def dsp_per_multiply(weight_bits: int, input_bits: int, dsp_kind: str) -> int:
-    """DSP slices one variable product needs (0 when it goes to LUTs)."""
-    if min(weight_bits, input_bits) <= LUT_MULT_MAX_BITS:
+def dsp_per_multiply(weight_bits: int, input_bits: int, dsp_kind: str, bound_to_dsp: bool = False) -> int:
+    """DSP slices one variable product needs (0 when it goes to LUTs). A product bound to DSP
+    slices (``bound_to_dsp``) takes a slice however narrow it is."""
+    if min(weight_bits, input_bits) <= LUT_MULT_MAX_BITS and not bound_to_dsp:
         return 0
     return dsp_slices_for_product(weight_bits, input_bits, dsp_kind)
 
@@ -208,7 +209,7 @@ def _linear(layer: LayerConfig, device: Device, depth: int) -> LayerResources:
         # nnet_dense_compressed.h: ceil(non-zeros / RF) multipliers, weights stored with indices
         nonzero_products = max(layer.nonzero_weights, 1)
         parallel = math.ceil(nonzero_products / rf)
-        per = dsp_per_multiply(layer.weight_bits, layer.input_bits, device.dsp_kind)
+        per = dsp_per_multiply(layer.weight_bits, layer.input_bits, device.dsp_kind, layer.products_on_dsp)
         dsp += parallel * per
         if per == 0:
             lut += int(parallel * layer.weight_bits * layer.input_bits * LUTS_PER_PARTIAL_PRODUCT_BIT)
@@ -219,7 +220,7 @@ def _linear(layer: LayerConfig, device: Device, depth: int) -> LayerResources:
         lut += int(parallel * layer.accum_bits * math.ceil(layer.n_out / 4))
     else:
         parallel = math.ceil(n_products / rf)
-        per = dsp_per_multiply(layer.weight_bits, layer.input_bits, device.dsp_kind)
+        per = dsp_per_multiply(layer.weight_bits, layer.input_bits, device.dsp_kind, layer.products_on_dsp)
         dsp += parallel * per
         if per == 0:
             lut += int(parallel * layer.weight_bits * layer.input_bits * LUTS_PER_PARTIAL_PRODUCT_BIT)

@@ -27,11 +27,11 @@ from edgec.passes.clip_after_quant import MoveClipAfterQuantizer
 from edgec.passes.exact_requant import ExactRequantization
 from edgec.passes.fold_affine import FoldAffineIntoLinear
 from edgec.passes.fold_quant_constants import FoldConstantQuantizers
+from edgec.passes.graph_utils import bypass as _bypass
 from edgec.passes.input_threshold import FoldInputAffineIntoThreshold
 from edgec.passes.quant_levels import QuantizerScalesToLevels
 from edgec.passes.rewrite_for_hls4ml import RewriteForHls4ml
 from edgec.passes.split_float_scales import SplitFloatScaleQuantizers
-from edgec.passes.tidy_layout import bypass as _bypass
 from edgec.passes.tidy_layout import reshape_as_permutation, tidy_layout
 
 

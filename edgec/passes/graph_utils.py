@@ -47,3 +47,27 @@ def is_power_of_two(value: float) -> bool:
 def remove_nodes(model: ModelWrapper, nodes: list[NodeProto]) -> None:
     for node in nodes:
         model.graph.node.remove(node)
+
+
+def bypass(model: ModelWrapper, node) -> bool:
+    """Remove a node whose output equals its first input, rewiring its readers (when it produces a
+    graph output, its producer writes that output instead). False if it must stay (it reads the
+    graph input or another graph output directly)."""
+    outputs = {o.name for o in model.graph.output}
+    src, dst = node.input[0], node.output[0]
+    if dst in outputs:
+        producer = model.find_producer(src)
+        if producer is None or src in outputs:
+            return False
+        producer.output[list(producer.output).index(src)] = dst
+        for other in model.graph.node:
+            for i, name in enumerate(other.input):
+                if name == src:
+                    other.input[i] = dst
+    else:
+        for other in model.graph.node:
+            for i, name in enumerate(other.input):
+                if name == dst:
+                    other.input[i] = src
+    model.graph.node.remove(node)
+    return True

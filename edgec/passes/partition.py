@@ -40,6 +40,7 @@ PLACEMENTS = ("fpga", "cpu")
 PLACE_MODES = ("auto", "fpga", "cpu")
 PLACEMENT_KEY = "edgec.placement"
 REASON_KEY = "edgec.placement_reason"
+PINNED_KEY = "edgec.placement_pinned"
 LINEAR_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose"}
 
 
@@ -66,6 +67,17 @@ def placement_of(node) -> str:
 
 def reason_of(node) -> str:
     return _meta(node, REASON_KEY) or ""
+
+
+def pin(node) -> None:
+    """Keep a node where it is placed now: the partitioner's own moves (wiring absorbed into a CPU
+    neighbour, a CPU layer taking the FPGA nodes up to its quantizer) leave it there."""
+    _set_meta(node, PINNED_KEY, "1")
+
+
+def is_pinned(node) -> bool:
+    """Whether the user placed the node, or a pass pinned it (``pin``)."""
+    return reason_of(node) == "placed by the user" or _meta(node, PINNED_KEY) == "1"
 
 
 def name_nodes(model: ModelWrapper) -> ModelWrapper:
@@ -416,7 +428,7 @@ def _pull_to_quantizer(model: ModelWrapper, atom_list: list[Atom], index: int, b
         if atom.placement != "fpga":
             return False
         ops = [by_name[name].op_type for name in atom.nodes]
-        if any(op in LINEAR_OPS for op in ops) or any(reason_of(by_name[name]) == "placed by the user" for name in atom.nodes):
+        if any(op in LINEAR_OPS for op in ops) or any(is_pinned(by_name[name]) for name in atom.nodes):
             return False
         run.append(atom)
         if any(op in QUANTIZERS for op in ops):
@@ -429,7 +441,7 @@ def _pull_to_quantizer(model: ModelWrapper, atom_list: list[Atom], index: int, b
 def _move_to_cpu(run: list[Atom], by_name: dict, reason: str) -> bool:
     """Place the atoms of ``run`` on the CPU with ``reason`` (recorded on their nodes); a run with a
     node the user put on the FPGA stays where it is. Returns whether anything moved."""
-    if any(placement_of(by_name[name]) == "fpga" and reason_of(by_name[name]) == "placed by the user" for atom in run for name in atom.nodes):
+    if any(placement_of(by_name[name]) == "fpga" and is_pinned(by_name[name]) for atom in run for name in atom.nodes):
         return False
     for atom in run:
         atom.placement = "cpu"

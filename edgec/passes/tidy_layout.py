@@ -13,6 +13,8 @@ import numpy as np
 from onnx import helper
 from qonnx.core.modelwrapper import ModelWrapper
 
+from edgec.passes.graph_utils import bypass
+
 # Ops through which a Transpose shared by all inputs can move (elementwise, and Concat with its axis mapped).
 SINKABLE = {
     "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Softsign", "Softplus", "HardSigmoid", "Identity", "Abs", "Neg",
@@ -35,31 +37,6 @@ def reshape_as_permutation(in_shape: list[int] | None, out_shape: list[int] | No
     for axis, dim in enumerate(out_shape):
         perm[axis] = next(big) if dim != 1 else next(ones)
     return perm if perm[0] == 0 else None  # the batch axis stays first (the layout conversion assumes it)
-
-
-
-def bypass(model: ModelWrapper, node) -> bool:
-    """Remove a node whose output equals its first input, rewiring its readers (when it produces a
-    graph output, its producer writes that output instead). False if it must stay (it reads the
-    graph input or another graph output directly)."""
-    outputs = {o.name for o in model.graph.output}
-    src, dst = node.input[0], node.output[0]
-    if dst in outputs:
-        producer = model.find_producer(src)
-        if producer is None or src in outputs:
-            return False
-        producer.output[list(producer.output).index(src)] = dst
-        for other in model.graph.node:
-            for i, name in enumerate(other.input):
-                if name == src:
-                    other.input[i] = dst
-    else:
-        for other in model.graph.node:
-            for i, name in enumerate(other.input):
-                if name == dst:
-                    other.input[i] = src
-    model.graph.node.remove(node)
-    return True
 
 
 
