@@ -21,7 +21,7 @@ import onnx
 from edgec import __version__
 from edgec.backends.bundle import render_bundle
 from edgec.backends.hls4ml_backend import lower, sanitize_identifier
-from edgec.configure import LoweringPlan
+from edgec.configure import LayerChoice, LoweringPlan
 from edgec.cost.design import estimate_design
 from edgec.data import resolve_data
 from edgec.design_report import cost_partitioned_design, target_report
@@ -284,13 +284,15 @@ def _design_figures(canonical_model, plan: LoweringPlan, options: DesignOptions,
     return {"latency_us": totals["latency_us"], "lut": int(totals["resources"]["lut"]), "dsp": int(totals["resources"]["dsp"])}
 
 
-def _repair_toward(plan: LoweringPlan, figures: dict, canonical_model, options: DesignOptions, device, worse, excess,
-                   max_steps: int = 12) -> tuple[LoweringPlan, dict, list[str]]:
-    """Local search over per-layer reuse factors (one valid step smaller or larger per move) that
-    removes what is still worse than the float design: a narrower design can need a cycle more (its
-    input quantizer) or more LUTs (narrow products in the fabric). Takes the move that reduces the
-    excess most, until nothing is worse or no move helps. Changes ``plan`` in place; returns it,
-    its figures and the moves."""
+def _repair_toward(choices: dict[str, LayerChoice], figures: dict, evaluate: Callable[[], dict], worse, excess,
+                   max_steps: int = 12) -> tuple[dict, list[str]]:
+    """Local search over per-layer reuse factors (one valid step smaller or larger per move) and
+    over binding a layer's shared multipliers to DSP slices, that removes what is still worse than
+    the float design: a narrower design can need a cycle more (its input quantizer) or more LUTs
+    (narrow products in the fabric). ``choices`` are the layers to move (of one design, or of every
+    FPGA segment of a partitioned one), ``evaluate()`` the figures of the design as they stand. Takes
+    the move that reduces the excess most, until nothing is worse or no move helps. Changes the
+    choices in place; returns the figures and the moves."""
     from edgec.configure import neighbouring_reuse_factors
 
     steps: list[str] = []
@@ -298,20 +300,20 @@ def _repair_toward(plan: LoweringPlan, figures: dict, canonical_model, options: 
         if not worse(figures):
             break
         best = None
-        for name, choice in plan.layers.items():
+        for name, choice in choices.items():
             current = choice.reuse_factor
             for rf in neighbouring_reuse_factors(choice):
                 if rf is None:
                     continue
                 choice.reuse_factor = rf  # try the move, then put the layer back
-                tried = _design_figures(canonical_model, plan, options, device)
+                tried = evaluate()
                 choice.reuse_factor = current
                 key = (excess(tried), tried["lut"])
                 if key[0] < excess(figures) and (best is None or key < best[0]):
                     best = (key, name, ("reuse_factor", rf), tried)
             if (choice.variable_products or choice.compressed) and not choice.products_on_dsp:
                 choice.products_on_dsp = True  # the same multipliers, in DSP slices instead of LUTs
-                tried = _design_figures(canonical_model, plan, options, device)
+                tried = evaluate()
                 choice.products_on_dsp = False
                 key = (excess(tried), tried["lut"])
                 if key[0] < excess(figures) and (best is None or key < best[0]):
@@ -319,18 +321,18 @@ def _repair_toward(plan: LoweringPlan, figures: dict, canonical_model, options: 
         if best is None:
             break
         _, name, (field_name, value), figures = best
-        choice = plan.layers[name]
+        choice = choices[name]
         if field_name == "reuse_factor":
             steps.append(f"{name}: reuse factor {choice.reuse_factor} -> {value}")
         else:
             steps.append(f"{name}: products bound to DSP slices")
         setattr(choice, field_name, value)
-    for name, choice in plan.layers.items():
+    for name, choice in choices.items():
         if any(step.startswith(f"{name}: reuse factor") for step in steps):
             choice.reason = f"reuse factor {choice.reuse_factor}: adjusted from the float design's so quantizing costs no more than the float design"
-        if choice.products_on_dsp:
+        if choice.products_on_dsp and "bound to DSP" not in choice.reason:
             choice.reason += "; its shared multipliers are bound to DSP slices (narrow products would otherwise take LUTs)"
-    return plan, figures, steps
+    return figures, steps
 
 
 def _system_figures(planned: list[PlannedSegment], tgt, options: DesignOptions, device) -> dict:
@@ -370,7 +372,8 @@ def _adopt_float_parallelism(quantized: PlannedSegment, float_canonical_model, f
                 choice.reason = f"the float design's {source.strategy} strategy, reuse factor {source.reuse_factor} (so quantizing does not cost more than the float design)"
         figures = _design_figures(quantized.canonical.model, alternative, options, device)
         if worse(figures):
-            alternative, figures, steps = _repair_toward(alternative, figures, quantized.canonical.model, options, device, worse, excess)
+            figures, steps = _repair_toward(alternative.layers, figures,
+                                            lambda: _design_figures(quantized.canonical.model, alternative, options, device), worse, excess)
             if steps:
                 result["repair_steps"] = steps
         result["float_parallelism"] = figures
@@ -384,6 +387,30 @@ def _adopt_float_parallelism(quantized: PlannedSegment, float_canonical_model, f
     result["worse_in"] = worse(own)
     result["excess"] = {k: round(own[k] / max(reference[k], 1e-9) - 1, 4) for k in worse(own)}
     return result
+
+
+def _repair_system(planned: list[PlannedSegment], figures: dict, options: DesignOptions, device, worse, excess) -> list[str]:
+    """``_repair_toward`` over the layers of every FPGA segment at once, against the whole system's
+    figures: a segment may spend LUTs another one saved. Moves change the FPGA segments only, so
+    the CPU segments and transfers are a constant part of the latency."""
+    fpga = [p for p in planned if p.segment.placement == "fpga"]
+    if not fpga:
+        return []
+
+    def segments_sum() -> dict:
+        parts = [_design_figures(p.canonical.model, p.plan, options, device) for p in fpga]
+        return {k: sum(part[k] for part in parts) for k in ("latency_us", "lut", "dsp")}
+
+    start = segments_sum()
+    offset = {k: figures[k] - start[k] for k in start}
+
+    def evaluate() -> dict:
+        now = segments_sum()
+        return {"latency_us": round(now["latency_us"] + offset["latency_us"], 2), "lut": now["lut"] + offset["lut"], "dsp": now["dsp"] + offset["dsp"]}
+
+    choices = {f"{p.segment.name}/{name}": choice for p in fpga for name, choice in p.plan.layers.items()}
+    _, steps = _repair_toward(choices, figures, evaluate, worse, excess)
+    return steps
 
 
 def compare_partitioned_with_float(planned: list[PlannedSegment], float_model, x: np.ndarray, tgt, options: DesignOptions, width: int,
@@ -450,6 +477,11 @@ def compare_partitioned_with_float(planned: list[PlannedSegment], float_model, x
                     if q_seg.segment.placement == "fpga":
                         _adopt_float_parallelism(q_seg, f_seg.canonical.model, f_seg.plan, options, device)
             figures = _system_figures(alternative, tgt, options, device)
+            if worse(figures):
+                steps = _repair_system(alternative, figures, options, device, worse, excess)
+                if steps:
+                    figures = _system_figures(alternative, tgt, options, device)
+                    result["repair_steps"] = steps
             result["float_on_cpu"] = {**figures, "quantizers_removed": len(keep.record["removed"]),
                                       "quantizers_moved_to_fpga": keep.record["moved_to_fpga"]}
             if (excess(figures), figures["latency_us"]) < (excess(own), own["latency_us"]):

@@ -11,7 +11,8 @@ partitioner's moves), this pass:
   FPGA node through reshapes on the CPU stays (the FPGA layer needs them quantized);
 * moves to the FPGA an activation quantizer placed on the CPU that feeds an FPGA node: it becomes
   the FPGA segment's input quantizer (hls4ml merges it into the input type), so the FPGA layers
-  keep exactly the quantized arithmetic they had;
+  keep exactly the quantized arithmetic they had; a ReLU on the CPU right before an unsigned
+  quantizer is dropped (the quantizer clips negative values to 0 itself);
 * removes every weight quantizer whose readers all run on the CPU (they read the float weights).
 
 What the FPGA computes is unchanged; the CPU layers compute what the float model computes.
@@ -21,6 +22,7 @@ edgec's own PTQ inserted (the flow runs it when the float model had none).
 
 from __future__ import annotations
 
+import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.transformation.base import Transformation
 
@@ -69,6 +71,9 @@ class KeepCpuLayersFloat(Transformation):
                 # the quantizer, and the reshapes between it and the FPGA, join the FPGA segment
                 tail = _layout_tail(model, node)
                 if tail is not None:
+                    relu = _redundant_relu(model, node)
+                    if relu is not None and bypass(model, relu):
+                        self.record["removed"].append(relu.name)
                     for moved in [node, *tail]:
                         _set_meta(moved, PLACEMENT_KEY, "fpga")
                         pin(moved)
@@ -115,3 +120,21 @@ def _compute_readers(model: ModelWrapper, node, constant: set[str], look_through
             else:
                 found.append(reader)
     return found
+
+
+def _redundant_relu(model: ModelWrapper, quant):
+    """A CPU ReLU that only feeds ``quant``, an unsigned zero-point-0 quantizer: the quantizer clips
+    negative values to 0 itself (round(x/s) <= 0 saturates to 0), so the ReLU changes nothing, and
+    left on the CPU it would keep the FPGA from starting at the quantizer."""
+    if quant.op_type != "Quant":
+        return None
+    producer = model.find_producer(quant.input[0])
+    if producer is None or producer.op_type != "Relu" or placement_of(producer) != "cpu":
+        return None
+    if len(model.find_consumers(producer.output[0]) or []) != 1 or producer.output[0] in {o.name for o in model.graph.output}:
+        return None
+    signed = next((a.i for a in quant.attribute if a.name == "signed"), 1)
+    zeropt = model.get_initializer(quant.input[2])
+    if signed or zeropt is None or np.any(np.asarray(zeropt) != 0):
+        return None
+    return producer
