@@ -206,6 +206,22 @@ def test_binding_products_to_dsps_moves_them_out_of_the_luts():
     assert in_luts.lut - on_dsps.lut == 256 * 32
 
 
+def test_the_input_quantizer_is_the_input_type_not_a_layer(tmp_path):
+    """A quantizer that alone reads the graph input gives the Input its exact type; the layer hls4ml
+    would make of it copies values into the same type, so it is removed (and not costed): the 8-bit
+    CNN is exactly as fast as the float one instead of a cycle slower, and still bit-exact."""
+    name = "torch_ts_op11_cnn_bn2d_relu6"
+    out = tmp_path / "q"
+    report = edgec.build(corpus(name), target="pynq-z2", output_dir=out, data=corpus_data(name), quantize=["fixed:bits=8"], cross=False).report
+    first = report["layers"][0]
+    assert "act" not in first["name"] and first["op"] != "Activation", first
+    defines = (out / "hls" / "firmware" / "defines.h").read_text().splitlines()
+    assert "ap_ufixed<8,1,AP_RND_CONV,AP_SAT" in next(line for line in defines if line.rstrip().endswith(" input_t;"))
+    cost = report["quantization_cost"]
+    assert cost["no_worse"] is True and report["totals"]["latency_us"] == cost["float"]["latency_us"]
+    assert report["verification"]["bit_exact"] is True
+
+
 def _two_layer_mlp():
     from qonnx.core.modelwrapper import ModelWrapper
 
@@ -234,16 +250,22 @@ def test_layers_on_the_cpu_keep_float_arithmetic_after_ptq():
     placed = prepare(quantized).transform(PlaceNodes("auto", {"fc1": "cpu", "act1": "cpu", "x_act_quant": "cpu", "r_act_quant": "cpu"}))
     keep = KeepCpuLayersFloat()
     stripped = placed.transform(keep)
-    assert sorted(keep.record["removed"]) == ["fc1_weight_quant", "x_act_quant"]
+    # the ReLU before the unsigned quantizer changes nothing (the quantizer clips negatives to 0)
+    assert sorted(keep.record["removed"]) == ["act1", "fc1_weight_quant", "x_act_quant"]
     assert keep.record["moved_to_fpga"] == ["r_act_quant"]
     nodes = {n.name: n for n in stripped.graph.node}
     assert list(nodes["fc1"].input) == ["x", "w1"]  # the float model's own input and weights
     assert placement_of(nodes["r_act_quant"]) == "fpga" and "fc2_weight_quant" in nodes and "y_act_quant" in nodes
-    # the CPU part computes the float model's values; the FPGA part is the quantized model's
-    sample = {"x": x[:1]}
-    float_hidden = execute_onnx(model.transform(InferShapes()), sample, return_full_exec_context=True)["r"]
-    got = execute_onnx(stripped.transform(InferShapes()), sample, return_full_exec_context=True)
-    np.testing.assert_array_equal(got["r_float"], float_hidden)
+    # the CPU part computes the float model's values; from the quantizer on, the quantized model's
+    for row in x[:8]:
+        sample = {"x": row[None]}
+        expected = execute_onnx(model.transform(InferShapes()), sample, return_full_exec_context=True)
+        got = execute_onnx(stripped.transform(InferShapes()), sample, return_full_exec_context=True)
+        np.testing.assert_array_equal(got["h"], expected["h"])
+        quant = nodes["r_act_quant"]
+        scale, bits = float(stripped.get_initializer(quant.input[1])), int(stripped.get_initializer(quant.input[3]))
+        on_grid = np.clip(np.round(np.maximum(expected["h"], 0) / scale), 0, 2**bits - 1) * scale  # unsigned 8-bit of ReLU(h)
+        np.testing.assert_array_equal(got["r"], on_grid.astype(np.float32))
     # a model whose quantizers all run on the FPGA is left alone
     untouched = KeepCpuLayersFloat()
     prepare(quantized).transform(PlaceNodes("auto")).transform(untouched)
