@@ -34,14 +34,17 @@ chromium:
 cross:
 	command -v arm-linux-gnueabihf-g++ >/dev/null && command -v aarch64-linux-gnu-g++ >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++-arm-linux-gnueabihf g++-aarch64-linux-gnu)
 
-test: $(STAMP) chromium cross
-	$(VENV)/bin/ruff check edgec tests benchmarks examples
+test: $(STAMP) chromium cross lint
 	$(PY) -m pytest -q tests
 
 # the loop while working: lint and every test but the slow tier (corpus sample builds, fuzzer)
-test-fast: $(STAMP) chromium cross
-	$(VENV)/bin/ruff check edgec tests benchmarks examples
+test-fast: $(STAMP) chromium cross lint
 	$(PY) -m pytest -q -m "not slow" tests
+
+# ruff's checks and its formatter, without changing anything (what `make test` and `make test-fast` start with)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check edgec tests benchmarks examples
+	$(VENV)/bin/ruff format --check edgec tests benchmarks examples
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/edgec_vs_hls4ml.py

@@ -124,8 +124,13 @@ def _plain_worker(name: str, out: Path) -> None:
         ref, _ = reference_outputs(loaded.model, x, loaded.is_qonnx)
         y = plain_hls4ml(path, x, out)
         cmp = compare(ref, y, None)
-        row = {"ok": cmp["argmax_agreement"] >= 0.99, "built": True, "argmax_agreement": cmp["argmax_agreement"],
-               "max_abs_error": cmp["max_abs_error"], "seconds": round(time.perf_counter() - start, 1)}
+        row = {
+            "ok": cmp["argmax_agreement"] >= 0.99,
+            "built": True,
+            "argmax_agreement": cmp["argmax_agreement"],
+            "max_abs_error": cmp["max_abs_error"],
+            "seconds": round(time.perf_counter() - start, 1),
+        }
     except BaseException as exc:  # report, don't stop the comparison
         text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         row = {"ok": False, "built": False, "error": f"{type(exc).__name__}: {text}"}
@@ -134,7 +139,10 @@ def _plain_worker(name: str, out: Path) -> None:
 
 def ptq_table(rows: list[dict], floats: dict[str, dict]) -> str:
     """Float vs N-bit build of each float model: latency, LUT, DSP and the LSB error."""
-    lines = ["| model | split | float us / LUT / DSP | quantized us / LUT / DSP | no worse | bit-exact (LSB) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| model | split | float us / LUT / DSP | quantized us / LUT / DSP | no worse | bit-exact (LSB) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         e, f = r["edgec"], floats.get(r["model"], {})
         if e["result"] != "verified":
@@ -142,9 +150,11 @@ def ptq_table(rows: list[dict], floats: dict[str, dict]) -> str:
             continue
         fl = f"{f.get('latency_us', '-')} / {f.get('lut', '-')} / {f.get('dsp', '-')}" if f else "-"
         qc = e.get("quantization_cost") or {}
-        lines.append(f"| {r['model']} | {r['split']} | {fl} | {e['latency_us']} / {e['lut']} / {e['dsp']} | "
-                     f"{'yes' if qc.get('no_worse') else ('no: ' + ', '.join(qc.get('worse_in', [])) if qc else '-')} | "
-                     f"{e.get('bit_exact')} ({e.get('max_lsb_error')}) |")
+        lines.append(
+            f"| {r['model']} | {r['split']} | {fl} | {e['latency_us']} / {e['lut']} / {e['dsp']} | "
+            f"{'yes' if qc.get('no_worse') else ('no: ' + ', '.join(qc.get('worse_in', [])) if qc else '-')} | "
+            f"{e.get('bit_exact')} ({e.get('max_lsb_error')}) |"
+        )
     return "\n".join(lines)
 
 
@@ -157,8 +167,12 @@ def table(rows: list[dict]) -> str:
             status, agree, err = "verified", f"{e['decisive_agreement']:.3f}", f"{e['max_abs_error']:.2g}"
         else:
             status, agree, err = f"{e['result']} ({e.get('exit_code', '-')})", "-", "-"
-        plain = "-" if not p else ("ok" if p.get("ok") else ("drifts" if p.get("built") else "fails")) + (
-            f" {p['argmax_agreement']:.2f}" if p.get("built") else "")
+        plain = (
+            "-"
+            if not p
+            else ("ok" if p.get("ok") else ("drifts" if p.get("built") else "fails"))
+            + (f" {p['argmax_agreement']:.2f}" if p.get("built") else "")
+        )
         lines.append(f"| {r['model']} | {r['family']} | {r['split']} | {status} | {agree} | {err} | {e['seconds']} | {plain} |")
     return "\n".join(lines)
 
@@ -192,8 +206,11 @@ def main() -> None:
             if not args.no_plain:
                 row["plain"] = run_plain(entry, Path(tmp) / "plain", args.timeout)
             rows.append(row)
-            print(f"{entry['name']:<55} {row['edgec']['result']:<9} {row['edgec']['seconds']:>7}s  {row['edgec'].get('error', '')[:150]}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{entry['name']:<55} {row['edgec']['result']:<9} {row['edgec']['seconds']:>7}s  {row['edgec'].get('error', '')[:150]}",
+                file=sys.stderr,
+                flush=True,
+            )
     summary = {}
     for split in ("dev", "check"):
         part = [r for r in rows if r["split"] == split]

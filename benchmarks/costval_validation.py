@@ -51,7 +51,9 @@ def main() -> None:
             print(f"\n{name}: {data['n_designs']} designs, median estimate time {data['estimate_seconds_median']} s")
             print(f"{'figure':<8} {'median |err|':>12} {'worst |err|':>12} {'within aim':>11}")
             for fig, s in data["summary"].items():
-                print(f"{fig:<8} {s['median_abs_rel_error'] * 100:>11.1f}% {s['worst_abs_rel_error'] * 100:>11.1f}% {s['within_aim'] * 100:>10.0f}%")
+                print(
+                    f"{fig:<8} {s['median_abs_rel_error'] * 100:>11.1f}% {s['worst_abs_rel_error'] * 100:>11.1f}% {s['within_aim'] * 100:>10.0f}%"
+                )
         return
     print(json.dumps(result, indent=2))
 

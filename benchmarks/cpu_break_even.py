@@ -66,8 +66,17 @@ def host_cpu_spec() -> tuple[CpuSpec, str]:
 
 def modelled(n_in: int, n_out: int, positions: int, kind: str) -> dict:
     layer = LayerConfig(
-        name="layer", kind=kind, op="MatMul" if kind == "dense" else "Conv", output_tensor="y", in_shape=[n_in], out_shape=[n_out],
-        n_in=n_in, n_out=n_out, positions=positions, weight_bits=32, weight_codes=np.ones((n_in, n_out), dtype=np.int64),
+        name="layer",
+        kind=kind,
+        op="MatMul" if kind == "dense" else "Conv",
+        output_tensor="y",
+        in_shape=[n_in],
+        out_shape=[n_out],
+        n_in=n_in,
+        n_out=n_out,
+        positions=positions,
+        weight_bits=32,
+        weight_codes=np.ones((n_in, n_out), dtype=np.int64),
     )
     target = load_target(MODEL_TARGET)
     out = {}
@@ -92,8 +101,12 @@ def main() -> None:
             row[f"measured_{march}"] = None if measured["break_even_ratio"] is None else round(measured["break_even_ratio"], 4)
             row[f"seconds_{march}"] = round(time.perf_counter() - t0, 3)
             row[f"curve_{march}"] = [
-                {"ratio": p["ratio"], "dense_us": round(p["dense_ns"] / 1000, 3), "sparse_us": round(p["sparse_ns"] / 1000, 3),
-                 "sparse_over_dense": round(p["sparse_over_dense"], 4)}
+                {
+                    "ratio": p["ratio"],
+                    "dense_us": round(p["dense_ns"] / 1000, 3),
+                    "sparse_us": round(p["sparse_ns"] / 1000, 3),
+                    "sparse_over_dense": round(p["sparse_over_dense"], 4),
+                }
                 for p in measured["curve"]
             ]
             row["compiler"], row[f"flags_{march}"] = measured["compiler"], measured["flags"]
@@ -106,7 +119,7 @@ def main() -> None:
         "model_target": MODEL_TARGET,
         "model_cpu": {"name": spec.name, "clock_mhz": spec.clock_mhz, "source": source},
         "definition": "r* = smallest pruning ratio from which CSR is at least as fast as dense at every measured ratio above it "
-                      "(linear interpolation of sparse/dense time); modelled: edgec.cost.cpu cycles and energy",
+        "(linear interpolation of sparse/dense time); modelled: edgec.cost.cpu cycles and energy",
         "seconds": round(time.perf_counter() - started, 2),
         "layers": rows,
     }
@@ -115,13 +128,19 @@ def main() -> None:
         Path(sys.argv[sys.argv.index("--out") + 1]).write_text(text + "\n")
     if "--table" in sys.argv:
         print(f"host: {result['host']['cpu_model']} ({result['host']['machine']}); model: {MODEL_TARGET} ({source})\n")
-        print("| layer | weights | positions | measured r* (-march=native) | measured r* (-march=x86-64) | modelled r* cycles | modelled r* energy |")
+        print(
+            "| layer | weights | positions | measured r* (-march=native) | measured r* (-march=x86-64) | modelled r* cycles | modelled r* energy |"
+        )
         print("|---|---|---|---|---|---|---|")
         for row in rows:
+
             def pct(v):
                 return "never" if v is None else f"{v * 100:.0f}%"
-            print(f"| {row['layer']} | {row['weights']} | {row['positions']} | {pct(row['measured_native'])} | {pct(row['measured_x86-64'])} "
-                  f"| {pct(row['modelled']['cycles'])} | {pct(row['modelled']['energy'])} |")
+
+            print(
+                f"| {row['layer']} | {row['weights']} | {row['positions']} | {pct(row['measured_native'])} | {pct(row['measured_x86-64'])} "
+                f"| {pct(row['modelled']['cycles'])} | {pct(row['modelled']['energy'])} |"
+            )
     else:
         print(text)
 

@@ -44,7 +44,9 @@ def plain_hls4ml(path: Path, x: np.ndarray, out_dir: Path):
     model = cleanup_model(model.transform(GemmToMatMul()))
     with contextlib.redirect_stdout(io.StringIO()):
         cfg = hls4ml.utils.config.config_from_onnx_model(model, granularity="name", backend="Vitis", default_precision="fixed<16,6>")
-        hm = hls4ml.converters.convert_from_onnx_model(model, output_dir=str(out_dir), hls_config=cfg, backend="Vitis", part="xc7z020clg400-1")
+        hm = hls4ml.converters.convert_from_onnx_model(
+            model, output_dir=str(out_dir), hls_config=cfg, backend="Vitis", part="xc7z020clg400-1"
+        )
         hm.compile()
         y = hm.predict(np.ascontiguousarray(x.reshape(x.shape[0], -1), dtype=np.float64))
     return np.asarray(y, dtype=np.float64).reshape(x.shape[0], -1)
@@ -77,7 +79,12 @@ def main(paths: list[Path]) -> None:
             try:
                 y = plain_hls4ml(path, x, Path(tmp) / "plain")
                 cmp = compare(ref, y, None)
-                row["plain_hls4ml"] = {"ok": True, "max_abs_error": cmp["max_abs_error"], "argmax_agreement": cmp["argmax_agreement"], "seconds": round(time.perf_counter() - start, 2)}
+                row["plain_hls4ml"] = {
+                    "ok": True,
+                    "max_abs_error": cmp["max_abs_error"],
+                    "argmax_agreement": cmp["argmax_agreement"],
+                    "seconds": round(time.perf_counter() - start, 2),
+                }
             except Exception as exc:
                 row["plain_hls4ml"] = {"ok": False, "error": str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}
         rows.append(row)

@@ -72,10 +72,25 @@ def tvm_vs_onnxruntime(work: Path) -> list[dict]:
         module = HostModule.load(library.sidecar)
         tvm_ms = measure_host_latency(module, x1, repeats=REPEATS)
         ort_ms = ort_latency_ms(path, x1)
-        same = float(np.max(np.abs(module.run(x1).reshape(-1) - ort.InferenceSession(str(path)).run(None, {loaded.model.graph.input[0].name: x1})[0].reshape(-1))))
-        rows.append({"model": name, "tvm_median_ms": round(tvm_ms["median_ms"], 5), "tvm_python_call_ms": round(tvm_ms["python_median_ms"], 5),
-                     "onnxruntime_median_ms": round(ort_ms, 5), "ratio_tvm_over_ort": round(tvm_ms["median_ms"] / ort_ms, 3),
-                     "max_abs_difference": same, "tvm_build_s": round(sum(library.timings.values()), 2)})
+        same = float(
+            np.max(
+                np.abs(
+                    module.run(x1).reshape(-1)
+                    - ort.InferenceSession(str(path)).run(None, {loaded.model.graph.input[0].name: x1})[0].reshape(-1)
+                )
+            )
+        )
+        rows.append(
+            {
+                "model": name,
+                "tvm_median_ms": round(tvm_ms["median_ms"], 5),
+                "tvm_python_call_ms": round(tvm_ms["python_median_ms"], 5),
+                "onnxruntime_median_ms": round(ort_ms, 5),
+                "ratio_tvm_over_ort": round(tvm_ms["median_ms"] / ort_ms, 3),
+                "max_abs_difference": same,
+                "tvm_build_s": round(sum(library.timings.values()), 2),
+            }
+        )
     return rows
 
 
@@ -83,14 +98,18 @@ def placements(work: Path) -> list[dict]:
     from test_partition import gelu_mlp
 
     digits = np.load(REPO / "examples" / "data" / "digits_test.npz")
-    cases = [("digits_cnn (bundled example)", str(REPO / "examples" / "models" / "digits_cnn.onnx"), (digits["x"], digits["y"])),
-             ("gelu_mlp (Erf between two Dense)", gelu_mlp(), None)]
+    cases = [
+        ("digits_cnn (bundled example)", str(REPO / "examples" / "models" / "digits_cnn.onnx"), (digits["x"], digits["y"])),
+        ("gelu_mlp (Erf between two Dense)", gelu_mlp(), None),
+    ]
     rows = []
     for label, model, data in cases:
         for place in ("fpga", "cpu", "auto"):
             row = {"model": label, "place": place}
             try:
-                result = edgec.build(model, target="pynq-z2", output_dir=work / f"{label.split()[0]}_{place}", data=data, place=place, force=True)
+                result = edgec.build(
+                    model, target="pynq-z2", output_dir=work / f"{label.split()[0]}_{place}", data=data, place=place, force=True
+                )
             except EdgecError as err:
                 row.update({"latency_us": None, "energy_uj": None, "note": err.user_message()[:160]})
                 rows.append(row)
@@ -98,14 +117,19 @@ def placements(work: Path) -> list[dict]:
             report = result.report
             totals = report["totals"]
             system = report["partition"]["system"]
-            row.update({
-                "segments": " -> ".join(f"{s['name']}" for s in report["partition"]["segments"]),
-                "fpga_latency_us": totals["latency_us"],  # the FPGA design alone (all-FPGA) or the system (partitioned)
-                "latency_us": system["latency_us"], "latency_by_placement_us": system["latency_by_placement_us"],
-                "energy_uj": system["energy_uj"], "throughput_fps": system["throughput_fps"],
-                "lut": totals["resources"]["lut"], "dsp": totals["resources"]["dsp"],
-                "agreement": report["verification"]["argmax_agreement"],
-            })
+            row.update(
+                {
+                    "segments": " -> ".join(f"{s['name']}" for s in report["partition"]["segments"]),
+                    "fpga_latency_us": totals["latency_us"],  # the FPGA design alone (all-FPGA) or the system (partitioned)
+                    "latency_us": system["latency_us"],
+                    "latency_by_placement_us": system["latency_by_placement_us"],
+                    "energy_uj": system["energy_uj"],
+                    "throughput_fps": system["throughput_fps"],
+                    "lut": totals["resources"]["lut"],
+                    "dsp": totals["resources"]["dsp"],
+                    "agreement": report["verification"]["argmax_agreement"],
+                }
+            )
             rows.append(row)
     return rows
 
@@ -136,8 +160,10 @@ def main() -> None:
             print(f"| {r['model']} | {r['place']} | n/a: {r['note']} | | | | | |")
             continue
         split = r["latency_by_placement_us"]
-        print(f"| {r['model']} | {r['place']} | {r['segments']} | {r['latency_us']:.3f} | {split['fpga']:.3f} / {split['cpu']:.3f} / {split['transfer']:.3f} "
-              f"| {r['energy_uj']:.4f} | {r['lut']} | {r['dsp']} |")
+        print(
+            f"| {r['model']} | {r['place']} | {r['segments']} | {r['latency_us']:.3f} | {split['fpga']:.3f} / {split['cpu']:.3f} / {split['transfer']:.3f} "
+            f"| {r['energy_uj']:.4f} | {r['lut']} | {r['dsp']} |"
+        )
 
 
 if __name__ == "__main__":

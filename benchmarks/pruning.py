@@ -105,28 +105,32 @@ def run_case(model_path: Path, methods: dict[str, str], seen: tuple, held_out: t
             try:
                 pruned, records = run_pruning(model, [spec], PruneContext(data[0], data[1], seed=0))
             except Exception as exc:  # a method that cannot run on this model: say why
-                rows.append({"method": label, "spec": spec, "max_drop": drop, "error": (str(exc) or type(exc).__name__).splitlines()[0][:200]})
+                rows.append(
+                    {"method": label, "spec": spec, "max_drop": drop, "error": (str(exc) or type(exc).__name__).splitlines()[0][:200]}
+                )
                 continue
             ops, _ = totals(layer_ops(pruned))
             held = accuracy(pruned, *held_out)
             record = records[0]
-            rows.append({
-                "method": label,
-                "spec": spec,
-                "max_drop": drop,
-                "mode": record.get("mode"),
-                "ops_before": base_ops,
-                "ops_after": ops,
-                "op_reduction": round(base_ops / max(ops, 1), 3),
-                "ops_removed": round(1 - ops / base_ops, 4) if base_ops else 0.0,
-                "accuracy_seen_before": record["accuracy_before"],
-                "accuracy_seen_after": record["accuracy_after"],
-                "accuracy_held_out_before": base_acc,
-                "accuracy_held_out_after": held,
-                "held_out_drop_points": round((base_acc - held) * 100, 3),
-                "seconds": round(time.perf_counter() - start, 2),
-                "notes": record.get("notes", []),
-            })
+            rows.append(
+                {
+                    "method": label,
+                    "spec": spec,
+                    "max_drop": drop,
+                    "mode": record.get("mode"),
+                    "ops_before": base_ops,
+                    "ops_after": ops,
+                    "op_reduction": round(base_ops / max(ops, 1), 3),
+                    "ops_removed": round(1 - ops / base_ops, 4) if base_ops else 0.0,
+                    "accuracy_seen_before": record["accuracy_before"],
+                    "accuracy_seen_after": record["accuracy_after"],
+                    "accuracy_held_out_before": base_acc,
+                    "accuracy_held_out_after": held,
+                    "held_out_drop_points": round((base_acc - held) * 100, 3),
+                    "seconds": round(time.perf_counter() - start, 2),
+                    "notes": record.get("notes", []),
+                }
+            )
     return rows
 
 
@@ -135,14 +139,25 @@ def main() -> None:
     x_train, y_train, x_test, y_test = digits_split()
     mnist = mnist_images()
     # digits: the passes see the training split; spp fine-tunes on its first 80% and validates on the rest
-    result = {"cnn": {"model": "examples/models/digits_cnn.onnx", "rows": run_case(REPO / "examples/models/digits_cnn.onnx", CNN_METHODS, (x_train, y_train), (x_test, y_test))}}
+    result = {
+        "cnn": {
+            "model": "examples/models/digits_cnn.onnx",
+            "rows": run_case(REPO / "examples/models/digits_cnn.onnx", CNN_METHODS, (x_train, y_train), (x_test, y_test)),
+        }
+    }
     if mnist is not None:
         x, y = mnist
         result["mnist_cnn"] = {
             "model": "examples/models/mnist_cnn.onnx",
-            "seen": "MNIST t10k images 8000-8999", "held_out": "MNIST t10k images 9000-9999",
-            "rows": run_case(REPO / "examples/models/mnist_cnn.onnx", CNN_METHODS, (x[8000:9000], y[8000:9000]), (x[9000:], y[9000:]),
-                             train=(x[:8000], y[:8000])),
+            "seen": "MNIST t10k images 8000-8999",
+            "held_out": "MNIST t10k images 9000-9999",
+            "rows": run_case(
+                REPO / "examples/models/mnist_cnn.onnx",
+                CNN_METHODS,
+                (x[8000:9000], y[8000:9000]),
+                (x[9000:], y[9000:]),
+                train=(x[:8000], y[:8000]),
+            ),
         }
     bnn_model = REPO / "examples" / "models" / "mnist_bnn_mlp.onnx"
     seen_data = np.load(REPO / "tests" / "data" / "mnist_bnn_eval.npz")  # MNIST t10k 8000-8999 (held out from training)
@@ -150,7 +165,8 @@ def main() -> None:
     if unseen is not None:
         result["bnn"] = {
             "model": "examples/models/mnist_bnn_mlp.onnx",
-            "seen": "MNIST t10k images 8000-8999", "held_out": "MNIST t10k images 9000-9999",
+            "seen": "MNIST t10k images 8000-8999",
+            "held_out": "MNIST t10k images 9000-9999",
             "rows": run_case(bnn_model, BNN_METHODS, (seen_data["x"], seen_data["y"]), unseen),
         }
     if "--table" in sys.argv:
@@ -161,8 +177,10 @@ def main() -> None:
                 if "error" in row:
                     print(f"{row['method']:<36} {row['max_drop']:>8} error: {row['error']}")
                     continue
-                print(f"{row['method']:<36} {row['max_drop']:>8} {row['ops_removed'] * 100:>10.1f}% {row['op_reduction']:>8.2f} "
-                      f"{row['held_out_drop_points']:>12.2f}  {row['mode']}")
+                print(
+                    f"{row['method']:<36} {row['max_drop']:>8} {row['ops_removed'] * 100:>10.1f}% {row['op_reduction']:>8.2f} "
+                    f"{row['held_out_drop_points']:>12.2f}  {row['mode']}"
+                )
         return
     print(json.dumps(result, indent=2))
 

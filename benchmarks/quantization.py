@@ -56,28 +56,39 @@ DROPS = (0.5, 1.0)
 COST_KEY = {"luts": "lut", "dsp": "dsp", "latency": "latency_us", "energy": "energy_uj"}
 TARGETS = ("pynq-z2", "zcu104")
 PASSING = ("dominates", "equal", "cheaper, less accurate", "costlier, more accurate (uniform over max_drop)")
-CRITERION = ("on its objective, the mixed row costs no more than every uniform row at equal or higher pass-data accuracy, "
-             "and no uniform row is at least as accurate and at most as costly with one of them strictly better")
+CRITERION = (
+    "on its objective, the mixed row costs no more than every uniform row at equal or higher pass-data accuracy, "
+    "and no uniform row is at least as accurate and at most as costly with one of them strictly better"
+)
 
 
 def cases() -> list[dict]:
     """The models with the data their passes see and the held-out data accuracy is reported on."""
     x_train, y_train, _, _ = digits_split()
     held = np.load(REPO / "examples" / "data" / "digits_test.npz")
-    found = [{
-        "name": "digits_cnn", "model": REPO / "examples" / "models" / "digits_cnn.onnx",
-        "pass_data": (x_train, y_train), "test_data": (held["x"], held["y"]),
-        "pass_split": "sklearn digits training split (1,497 images; accuracy measured on the first 1,000)",
-        "test_split": "examples/data/digits_test.npz (300 held-out images)",
-    }]
+    found = [
+        {
+            "name": "digits_cnn",
+            "model": REPO / "examples" / "models" / "digits_cnn.onnx",
+            "pass_data": (x_train, y_train),
+            "test_data": (held["x"], held["y"]),
+            "pass_split": "sklearn digits training split (1,497 images; accuracy measured on the first 1,000)",
+            "test_split": "examples/data/digits_test.npz (300 held-out images)",
+        }
+    ]
     mnist = mnist_images()
     if mnist is not None:
         x, y = mnist
-        found.append({
-            "name": "mnist_mlp", "model": REPO / "examples" / "models" / "mnist_mlp.onnx",
-            "pass_data": (x[8000:9000], y[8000:9000]), "test_data": (x[9000:10000], y[9000:10000]),
-            "pass_split": "MNIST t10k 8000-8999", "test_split": "MNIST t10k 9000-9999",
-        })
+        found.append(
+            {
+                "name": "mnist_mlp",
+                "model": REPO / "examples" / "models" / "mnist_mlp.onnx",
+                "pass_data": (x[8000:9000], y[8000:9000]),
+                "test_data": (x[9000:10000], y[9000:10000]),
+                "pass_split": "MNIST t10k 8000-8999",
+                "test_split": "MNIST t10k 9000-9999",
+            }
+        )
     return found
 
 
@@ -93,8 +104,12 @@ def costs(proto, x: np.ndarray, target: str, options: DesignOptions | None = Non
     totals = report["totals"]
     res = totals["resources"]
     return {
-        "lut": int(res["lut"]), "dsp": int(res["dsp"]), "ff": int(res["ff"]), "bram18": int(res["bram18"]),
-        "latency_us": round(float(totals["latency_us"]), 6), "energy_uj": round(float(totals["energy_uj"]), 9),
+        "lut": int(res["lut"]),
+        "dsp": int(res["dsp"]),
+        "ff": int(res["ff"]),
+        "bram18": int(res["bram18"]),
+        "latency_us": round(float(totals["latency_us"]), 6),
+        "energy_uj": round(float(totals["energy_uj"]), 9),
         "fits": all(v <= 1.0 for v in totals["utilization"].values()),
     }
 
@@ -123,13 +138,30 @@ def run_case(case: dict, search_seconds: float, objectives: list[str], quick: bo
     x_pass, y_pass = case["pass_data"]
     float_test = accuracy(loaded, case["test_data"])
     float_pass = accuracy(loaded, (x_pass[:1000], y_pass[:1000]))
-    rows = [{"method": "float, estimated as fixed<16,6>", "spec": None, "model": loaded, "accuracy_pass": float_pass,
-             "accuracy_test": float_test, "options": DesignOptions(precision="fixed<16,6>")}]
+    rows = [
+        {
+            "method": "float, estimated as fixed<16,6>",
+            "spec": None,
+            "model": loaded,
+            "accuracy_pass": float_pass,
+            "accuracy_test": float_test,
+            "options": DesignOptions(precision="fixed<16,6>"),
+        }
+    ]
     for bits in UNIFORM:
         spec = f"fixed:bits={bits}"
         model, records = run_quantization(load_model(case["model"]).model, [spec], x_pass, y_pass)
-        rows.append({"method": f"uniform {bits}-bit PTQ", "spec": spec, "bits": bits, "model": model,
-                     "accuracy_pass": records[0]["accuracy_after"], "accuracy_test": accuracy(model, case["test_data"]), "options": None})
+        rows.append(
+            {
+                "method": f"uniform {bits}-bit PTQ",
+                "spec": spec,
+                "bits": bits,
+                "model": model,
+                "accuracy_pass": records[0]["accuracy_after"],
+                "accuracy_test": accuracy(model, case["test_data"]),
+                "options": None,
+            }
+        )
     target = TARGETS[0]
     for row in rows:
         row["cost"] = costs(row["model"].model, x_pass, target, row["options"])
@@ -147,20 +179,34 @@ def run_case(case: dict, search_seconds: float, objectives: list[str], quick: bo
             model, records = run_quantization(load_model(case["model"]).model, [spec], x_pass, y_pass)
             search = records[0]["search"]
             row = {
-                "method": f"mixed max_drop={drop} {objective}", "spec": spec, "model": model, "options": None,
-                "accuracy_pass": records[0]["accuracy_after"], "accuracy_test": accuracy(model, case["test_data"]),
-                "objective": objective, "max_drop": drop, "widths": search["chosen"]["widths"],
-                "evaluations": search["evaluations"], "costed": search["costed"], "stopped": search["stopped"],
-                "search_seconds": round(time.perf_counter() - started, 1), "frontier_points": len(search["frontier"]),
+                "method": f"mixed max_drop={drop} {objective}",
+                "spec": spec,
+                "model": model,
+                "options": None,
+                "accuracy_pass": records[0]["accuracy_after"],
+                "accuracy_test": accuracy(model, case["test_data"]),
+                "objective": objective,
+                "max_drop": drop,
+                "widths": search["chosen"]["widths"],
+                "evaluations": search["evaluations"],
+                "costed": search["costed"],
+                "stopped": search["stopped"],
+                "search_seconds": round(time.perf_counter() - started, 1),
+                "frontier_points": len(search["frontier"]),
                 "chosen_phase": search["chosen"]["phase"],
             }
             row["cost"] = costs(model.model, x_pass, target)
             reported = search["chosen"]
-            row["reported_cost_matches"] = all(reported[k] == row["cost"][k] for k in ("lut", "dsp", "ff", "bram18", "latency_us", "energy_uj"))
+            row["reported_cost_matches"] = all(
+                reported[k] == row["cost"][k] for k in ("lut", "dsp", "ff", "bram18", "latency_us", "energy_uj")
+            )
             by_bits = {next(iter(set(p["widths"].values()))): p for p in search["uniform"]}
             row["search_uniform_matches"] = {
-                str(u["bits"]): (u["bits"] in by_bits and by_bits[u["bits"]]["accuracy"] == round(u["accuracy_pass"], 6)
-                                 and by_bits[u["bits"]][COST_KEY[objective]] == u["cost"][COST_KEY[objective]])
+                str(u["bits"]): (
+                    u["bits"] in by_bits
+                    and by_bits[u["bits"]]["accuracy"] == round(u["accuracy_pass"], 6)
+                    and by_bits[u["bits"]][COST_KEY[objective]] == u["cost"][COST_KEY[objective]]
+                )
                 for u in uniform
             }
             row["verdicts"] = {u["method"]: verdict(row, u, objective, drop, float_pass) for u in uniform}
@@ -172,9 +218,16 @@ def run_case(case: dict, search_seconds: float, objectives: list[str], quick: bo
         entry["accuracy_pass"] = round(float(entry["accuracy_pass"]), 4)
         entry["accuracy_test"] = round(float(entry["accuracy_test"]), 4)
         out_rows.append(entry)
-    return {"model": case["name"], "target": target, "pass_data": case["pass_split"], "test_data": case["test_split"],
-            "float_accuracy_pass": round(float_pass, 4), "float_accuracy_test": round(float_test, 4), "rows": out_rows,
-            "passes": all(r["passes"] for r in out_rows if "passes" in r)}
+    return {
+        "model": case["name"],
+        "target": target,
+        "pass_data": case["pass_split"],
+        "test_data": case["test_split"],
+        "float_accuracy_pass": round(float_pass, 4),
+        "float_accuracy_test": round(float_test, 4),
+        "rows": out_rows,
+        "passes": all(r["passes"] for r in out_rows if "passes" in r),
+    }
 
 
 def table(payload: dict) -> str:
@@ -182,7 +235,9 @@ def table(payload: dict) -> str:
     lines = [f"criterion: {payload['criterion']}"]
     for result in payload["results"]:
         lines.append(f"\n{result['model']} on {result['target']} (passes see {result['pass_data']}; held out: {result['test_data']})")
-        lines.append(f"{'method':32} {'widths':12} {'acc pass':>8} {'acc test':>8} {'LUT':>7} {'DSP':>5} {'lat us':>8} {'E uJ':>8}  verdict")
+        lines.append(
+            f"{'method':32} {'widths':12} {'acc pass':>8} {'acc test':>8} {'LUT':>7} {'DSP':>5} {'lat us':>8} {'E uJ':>8}  verdict"
+        )
         for row in result["rows"]:
             c = row["cost"]
             widths, extra = "-", ""
@@ -193,8 +248,10 @@ def table(payload: dict) -> str:
                 short = {k.split()[1]: v for k, v in row["verdicts"].items()}
                 extra = ("PASS" if row["passes"] else "FAIL") + ": " + "; ".join(f"vs {k}: {v}" for k, v in short.items())
                 extra += f" ({row['evaluations']} evals, {row['search_seconds']:g} s, {row['stopped']})"
-            lines.append(f"{row['method']:32} {widths:12} {row['accuracy_pass']:8.4f} {row['accuracy_test']:8.4f} {c['lut']:7d} {c['dsp']:5d} "
-                         f"{c['latency_us']:8.3f} {c['energy_uj']:8.4f}  {extra}")
+            lines.append(
+                f"{row['method']:32} {widths:12} {row['accuracy_pass']:8.4f} {row['accuracy_test']:8.4f} {c['lut']:7d} {c['dsp']:5d} "
+                f"{c['latency_us']:8.3f} {c['energy_uj']:8.4f}  {extra}"
+            )
     lines.append(f"\noverall: {'PASS' if payload['passes'] else 'FAIL'}")
     return "\n".join(lines)
 
@@ -204,7 +261,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", action="store_true", help="print a table instead of JSON")
     parser.add_argument("--quick", action="store_true", help="only the first objective at max_drop=1.0 (results not saved)")
-    parser.add_argument("--search-seconds", type=float, default=1800.0, help="time budget of each mixed search (a cap: the searches normally converge first)")
+    parser.add_argument(
+        "--search-seconds",
+        type=float,
+        default=1800.0,
+        help="time budget of each mixed search (a cap: the searches normally converge first)",
+    )
     parser.add_argument("--objectives", default="luts,energy", help="mixed-search objectives, comma-separated (luts, dsp, latency, energy)")
     args = parser.parse_args()
     objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
@@ -214,17 +276,21 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
     results = [run_case(case, args.search_seconds, objectives, args.quick) for case in cases()]
-    payload = {"benchmark": "quantization", "seconds": round(time.perf_counter() - started, 1),
-               "criterion": CRITERION,
-               "notes": ["costs are edgec.estimate figures (cost model, not synthesis), calibrated on the pass data like a build",
-                         "mixed: granularity=layer, the default candidate widths, seed=0; widths are per layer (weights and the "
-                         "activations it reads) and for the output quantizer (the last entry)",
-                         "accuracy_pass: on the data the passes saw (first 1,000 samples; what max_drop is measured on); "
-                         "accuracy_test: held out",
-                         "search_uniform_matches: the search's own uniform point of each width has the fixed:bits=N row's accuracy "
-                         "and cost; reported_cost_matches: the cost in the search record is the one estimated here"],
-               "passes": all(r["passes"] for r in results),
-               "results": results}
+    payload = {
+        "benchmark": "quantization",
+        "seconds": round(time.perf_counter() - started, 1),
+        "criterion": CRITERION,
+        "notes": [
+            "costs are edgec.estimate figures (cost model, not synthesis), calibrated on the pass data like a build",
+            "mixed: granularity=layer, the default candidate widths, seed=0; widths are per layer (weights and the "
+            "activations it reads) and for the output quantizer (the last entry)",
+            "accuracy_pass: on the data the passes saw (first 1,000 samples; what max_drop is measured on); accuracy_test: held out",
+            "search_uniform_matches: the search's own uniform point of each width has the fixed:bits=N row's accuracy "
+            "and cost; reported_cost_matches: the cost in the search record is the one estimated here",
+        ],
+        "passes": all(r["passes"] for r in results),
+        "results": results,
+    }
     if not args.quick:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(payload, indent=1) + "\n")

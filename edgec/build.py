@@ -45,8 +45,16 @@ META_FILE = "edgec.json"
 MAX_SEAM_SAMPLES = 128  # calibration inputs of a segment that starts inside the model (the configurator uses 128)
 
 
-def prune_model(model, specs: list, x: np.ndarray | None, y: np.ndarray | None, metric_x: np.ndarray, progress=None,
-                target: str | None = None, placement: dict[str, str] | None = None):
+def prune_model(
+    model,
+    specs: list,
+    x: np.ndarray | None,
+    y: np.ndarray | None,
+    metric_x: np.ndarray,
+    progress=None,
+    target: str | None = None,
+    placement: dict[str, str] | None = None,
+):
     """Run pruning specs on a loaded model: on the user's data (x, y) when given, otherwise with the
     passes' data-free criteria, measuring agreement with the unpruned model on ``metric_x``.
     ``target``/``placement`` are where the layers will run (``hardware_aware=true`` prunes each
@@ -58,16 +66,29 @@ def prune_model(model, specs: list, x: np.ndarray | None, y: np.ndarray | None, 
     return run_pruning(model, specs, ctx, metrics)
 
 
-def quantize_model(model, specs: list, x: np.ndarray, y: np.ndarray | None, target: str | None = None,
-                   options: DesignOptions | None = None, width: int = 16):
+def quantize_model(
+    model,
+    specs: list,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    target: str | None = None,
+    options: DesignOptions | None = None,
+    width: int = 16,
+):
     """Run quantization specs (edgec.passes.quant) on a loaded model, calibrated on ``x``; a
     search that costs candidates does so on the build's ``target`` with its design ``options``
     and ``width`` (so the search optimizes the cost the build reports)."""
     from edgec.passes.quant.mixed import CostSetup
     from edgec.passes.quant.registry import run_quantization
 
-    return run_quantization(model, specs, x, y, defaults={"target": target} if target else None,
-                            pass_arguments={"cost_setup": CostSetup(options or DesignOptions(), width)})
+    return run_quantization(
+        model,
+        specs,
+        x,
+        y,
+        defaults={"target": target} if target else None,
+        pass_arguments={"cost_setup": CostSetup(options or DesignOptions(), width)},
+    )
 
 
 def _prune_decisions(records: list[dict]) -> list[str]:
@@ -84,8 +105,10 @@ def _prune_decisions(records: list[dict]) -> list[str]:
         metric = ""
         if record.get("accuracy_before") is not None:
             metric = f", {record['metric']} {record['accuracy_before']:.4f} -> {record['accuracy_after']:.4f}"
-        lines.append(f"prune {record['name']} ({record.get('mode') or 'one-shot'}): MACs {record['ops_before']} -> {record['ops_after']}, "
-                     f"non-zero parameters {record['params_before']} -> {record['params_after']}{metric}")
+        lines.append(
+            f"prune {record['name']} ({record.get('mode') or 'one-shot'}): MACs {record['ops_before']} -> {record['ops_after']}, "
+            f"non-zero parameters {record['params_before']} -> {record['params_after']}{metric}"
+        )
         lines.extend(f"  {note}" for note in record.get("notes", []))
     return lines
 
@@ -111,8 +134,9 @@ def _pass_decisions(passes: list[dict]) -> list[str]:
     return lines
 
 
-def bit_exactness(reference: np.ndarray, simulated: np.ndarray, output_precision: str, quantized: bool,
-                  output_step: float | None = None) -> dict:
+def bit_exactness(
+    reference: np.ndarray, simulated: np.ndarray, output_precision: str, quantized: bool, output_step: float | None = None
+) -> dict:
     """For a quantized model: whether the C-simulation equals the quantized reference (same argmax
     on every sample, every output within one LSB) and the largest error in LSBs. None for float
     models, whose reference is not on any fixed-point grid.
@@ -168,11 +192,20 @@ def _segments_meta(meta: dict) -> list[dict]:
     """The build's segments; a folder from before partitioning has one FPGA segment in ``hls/``."""
     if "segments" in meta:
         return meta["segments"]
-    return [{
-        "placement": "fpga", "project_dir": "hls", "project_name": meta["project_name"], "n_in": meta["n_in"], "n_out": meta["n_out"],
-        "input_perm": meta["input_perm"], "output_perm": meta["output_perm"], "canonical_output_shape": meta["canonical_output_shape"],
-        "input_shape": meta["input_shape"], "output_shape": [1, meta["n_out"]],
-    }]
+    return [
+        {
+            "placement": "fpga",
+            "project_dir": "hls",
+            "project_name": meta["project_name"],
+            "n_in": meta["n_in"],
+            "n_out": meta["n_out"],
+            "input_perm": meta["input_perm"],
+            "output_perm": meta["output_perm"],
+            "canonical_output_shape": meta["canonical_output_shape"],
+            "input_shape": meta["input_shape"],
+            "output_shape": [1, meta["n_out"]],
+        }
+    ]
 
 
 def simulate_folder(output_dir: Path, x: np.ndarray, meta: dict | None = None) -> np.ndarray:
@@ -197,7 +230,14 @@ class PlannedSegment:
 
 
 def plan_partition(
-    placed, x: np.ndarray, tgt, options: DesignOptions, width: int, place: str, pinned: set[str], single_model=None,
+    placed,
+    x: np.ndarray,
+    tgt,
+    options: DesignOptions,
+    width: int,
+    place: str,
+    pinned: set[str],
+    single_model=None,
 ) -> tuple[list[PlannedSegment], list[str]]:
     """Split the placed model into segments and plan every FPGA segment; with ``place="auto"`` a
     segment that does not fit the FPGA even at the largest reuse factor gives its largest layer to
@@ -284,8 +324,9 @@ def _design_figures(canonical_model, plan: LoweringPlan, options: DesignOptions,
     return {"latency_us": totals["latency_us"], "lut": int(totals["resources"]["lut"]), "dsp": int(totals["resources"]["dsp"])}
 
 
-def _repair_toward(choices: dict[str, LayerChoice], figures: dict, evaluate: Callable[[], dict], worse, excess,
-                   max_steps: int = 12) -> tuple[dict, list[str]]:
+def _repair_toward(
+    choices: dict[str, LayerChoice], figures: dict, evaluate: Callable[[], dict], worse, excess, max_steps: int = 12
+) -> tuple[dict, list[str]]:
     """Local search over per-layer reuse factors (one valid step smaller or larger per move) and
     over binding a layer's shared multipliers to DSP slices, that removes what is still worse than
     the float design: a narrower design can need a cycle more (its input quantizer) or more LUTs
@@ -329,7 +370,9 @@ def _repair_toward(choices: dict[str, LayerChoice], figures: dict, evaluate: Cal
         setattr(choice, field_name, value)
     for name, choice in choices.items():
         if any(step.startswith(f"{name}: reuse factor") for step in steps):
-            choice.reason = f"reuse factor {choice.reuse_factor}: adjusted from the float design's so quantizing costs no more than the float design"
+            choice.reason = (
+                f"reuse factor {choice.reuse_factor}: adjusted from the float design's so quantizing costs no more than the float design"
+            )
         if choice.products_on_dsp and "bound to DSP" not in choice.reason:
             choice.reason += "; its shared multipliers are bound to DSP slices (narrow products would otherwise take LUTs)"
     return figures, steps
@@ -343,7 +386,9 @@ def _system_figures(planned: list[PlannedSegment], tgt, options: DesignOptions, 
     return {"latency_us": round(float(costs.latency_us), 2), "lut": int(resources.get("lut", 0)), "dsp": int(resources.get("dsp", 0))}
 
 
-def _adopt_float_parallelism(quantized: PlannedSegment, float_canonical_model, float_plan: LoweringPlan, options: DesignOptions, device) -> dict:
+def _adopt_float_parallelism(
+    quantized: PlannedSegment, float_canonical_model, float_plan: LoweringPlan, options: DesignOptions, device
+) -> dict:
     """One FPGA design (or segment) of a quantized build against the float build's: when worse in
     latency, LUTs or DSPs, the float design's strategies and reuse factors (repaired by
     ``_repair_toward``) replace the configurator's, if that is less worse (fewer figures worse, then
@@ -372,8 +417,9 @@ def _adopt_float_parallelism(quantized: PlannedSegment, float_canonical_model, f
                 choice.reason = f"the float design's {source.strategy} strategy, reuse factor {source.reuse_factor} (so quantizing does not cost more than the float design)"
         figures = _design_figures(quantized.canonical.model, alternative, options, device)
         if worse(figures):
-            figures, steps = _repair_toward(alternative.layers, figures,
-                                            lambda: _design_figures(quantized.canonical.model, alternative, options, device), worse, excess)
+            figures, steps = _repair_toward(
+                alternative.layers, figures, lambda: _design_figures(quantized.canonical.model, alternative, options, device), worse, excess
+            )
             if steps:
                 result["repair_steps"] = steps
         result["float_parallelism"] = figures
@@ -406,16 +452,31 @@ def _repair_system(planned: list[PlannedSegment], figures: dict, options: Design
 
     def evaluate() -> dict:
         now = segments_sum()
-        return {"latency_us": round(now["latency_us"] + offset["latency_us"], 2), "lut": now["lut"] + offset["lut"], "dsp": now["dsp"] + offset["dsp"]}
+        return {
+            "latency_us": round(now["latency_us"] + offset["latency_us"], 2),
+            "lut": now["lut"] + offset["lut"],
+            "dsp": now["dsp"] + offset["dsp"],
+        }
 
     choices = {f"{p.segment.name}/{name}": choice for p in fpga for name, choice in p.plan.layers.items()}
     _, steps = _repair_toward(choices, figures, evaluate, worse, excess)
     return steps
 
 
-def compare_partitioned_with_float(planned: list[PlannedSegment], float_model, x: np.ndarray, tgt, options: DesignOptions, width: int,
-                                   device, make_placer, pinned: set[str], quantized_model, placed=None,
-                                   float_on_cpu: bool = False) -> tuple[dict, list[PlannedSegment] | None, object, object]:
+def compare_partitioned_with_float(
+    planned: list[PlannedSegment],
+    float_model,
+    x: np.ndarray,
+    tgt,
+    options: DesignOptions,
+    width: int,
+    device,
+    make_placer,
+    pinned: set[str],
+    quantized_model,
+    placed=None,
+    float_on_cpu: bool = False,
+) -> tuple[dict, list[PlannedSegment] | None, object, object]:
     """For a quantized build that is not one FPGA design (or whose float model is not): the float
     model's build as edgec partitions it, against this one, whole system (CPU segments and
     transfers in the latency, FPGA segments in the resources). When the quantized build is worse
@@ -439,8 +500,13 @@ def compare_partitioned_with_float(planned: list[PlannedSegment], float_model, x
     def layout(segments: list[PlannedSegment]) -> str:
         return " + ".join(p.segment.placement for p in segments)
 
-    result = {"float": reference, "configured": own, "chosen": "configured", "no_worse": not worse(own),
-              "compared": f"whole systems: float {layout(float_planned)} vs quantized {layout(planned)}"}
+    result = {
+        "float": reference,
+        "configured": own,
+        "chosen": "configured",
+        "no_worse": not worse(own),
+        "compared": f"whole systems: float {layout(float_planned)} vs quantized {layout(planned)}",
+    }
     replanned, replaced = None, None
     on_cpu = {name for p in float_planned if p.segment.placement == "cpu" for name in p.segment.nodes}
     names = {n.name for n in quantized_model.graph.node}
@@ -468,7 +534,8 @@ def compare_partitioned_with_float(planned: list[PlannedSegment], float_model, x
         keep = KeepCpuLayersFloat({name: p.segment.placement for p in current_planned for name in p.segment.nodes})
         stripped = current_placed.transform(keep)
         try:
-            alternative, _ = plan_partition(stripped, x, tgt, options, width, "auto", pinned) if keep.record["removed"] else (None, None)
+            changed = keep.record["removed"] or keep.record["moved_to_fpga"]
+            alternative, _ = plan_partition(stripped, x, tgt, options, width, "auto", pinned) if changed else (None, None)
         except TargetFitError:
             alternative = None
         if alternative is not None:
@@ -482,12 +549,18 @@ def compare_partitioned_with_float(planned: list[PlannedSegment], float_model, x
                 if steps:
                     figures = _system_figures(alternative, tgt, options, device)
                     result["repair_steps"] = steps
-            result["float_on_cpu"] = {**figures, "quantizers_removed": len(keep.record["removed"]),
-                                      "quantizers_moved_to_fpga": keep.record["moved_to_fpga"]}
+            result["float_on_cpu"] = {
+                **figures,
+                "quantizers_removed": len(keep.record["removed"]),
+                "quantizers_moved_to_fpga": keep.record["moved_to_fpga"],
+            }
             if (excess(figures), figures["latency_us"]) < (excess(own), own["latency_us"]):
                 result["chosen"] = "float_on_cpu"
-                result["compared"] += (f"; the CPU layers keep float32 arithmetic ({len(keep.record['removed'])} quantizer(s) TVM would "
-                                       f"only emulate removed), the FPGA layers stay quantized: {layout(alternative)}")
+                result["compared"] += (
+                    f"; the CPU layers keep float32 arithmetic ({len(keep.record['removed'])} node(s) TVM would "
+                    f"only emulate removed, {len(keep.record['moved_to_fpga'])} moved to the FPGA), the FPGA layers "
+                    f"stay quantized: {layout(alternative)}"
+                )
                 replanned, replaced, own, implemented = alternative, stripped, figures, stripped
     result["no_worse"] = not worse(own)
     result["worse_in"] = worse(own)
@@ -500,7 +573,9 @@ def _has_quantizers(model) -> bool:
     return any(node.op_type in CPU_FLOAT_QUANTIZER_OPS for node in model.graph.node)
 
 
-def no_worse_than_float(planned: list[PlannedSegment], float_model, x: np.ndarray, tgt, options: DesignOptions, width: int, device) -> dict | None:
+def no_worse_than_float(
+    planned: list[PlannedSegment], float_model, x: np.ndarray, tgt, options: DesignOptions, width: int, device
+) -> dict | None:
     """Post-training quantization must not make the design worse than the float model's on the same
     target. The configurator spends what the narrower layers save on parallelism, which can cost
     more LUTs (narrow products map to LUTs, wide ones to DSPs). When the quantized design is worse
@@ -517,16 +592,23 @@ def no_worse_than_float(planned: list[PlannedSegment], float_model, x: np.ndarra
         float_plan = plan_design(float_canonical.model, to_canonical_layout(x, float_canonical.input_perm), tgt, options, width)
     except TargetFitError:
         # the float model needs the CPU for part of it; the quantized one fits the FPGA whole
-        return {"float": None, "configured": _design_figures(quantized.canonical.model, quantized.plan, options, device),
-                "chosen": "configured", "no_worse": None, "worse_in": [],
-                "note": f"quantized design not compared with a float one: the float model does not fit {tgt.name}'s FPGA "
-                        "even at the largest reuse factors (its build moves layers to the CPU); the quantized model fits whole"}
+        return {
+            "float": None,
+            "configured": _design_figures(quantized.canonical.model, quantized.plan, options, device),
+            "chosen": "configured",
+            "no_worse": None,
+            "worse_in": [],
+            "note": f"quantized design not compared with a float one: the float model does not fit {tgt.name}'s FPGA "
+            "even at the largest reuse factors (its build moves layers to the CPU); the quantized model fits whole",
+        }
     result = _adopt_float_parallelism(quantized, float_canonical.model, float_plan, options, device)
     del result["segment"]
     return result
 
 
-def _render_bundle(staging: Path, segments_meta: list[dict], tgt, model_name: str, x: np.ndarray, simulated: np.ndarray, cross: bool) -> dict:
+def _render_bundle(
+    staging: Path, segments_meta: list[dict], tgt, model_name: str, x: np.ndarray, simulated: np.ndarray, cross: bool
+) -> dict:
     """Write ``deploy/`` (PYNQ driver, HLS/Vivado scripts, README; edgec.backends.bundle) for a Zynq
     board; a board or design the bundle cannot serve is reported, not fatal (the build is still valid)."""
     from edgec.backends.bundle import BundleSegment, read_hls_interface
@@ -544,19 +626,44 @@ def _render_bundle(staging: Path, segments_meta: list[dict], tgt, model_name: st
                 perm = entry["input_perm"]
                 shape = entry["input_shape"]
                 canonical_in = [shape[i] for i in perm] if perm else shape
-                segments.append(BundleSegment(
-                    index=entry["index"], placement="fpga", name=entry["name"], input_shape=list(canonical_in[1:]),
-                    output_shape=list(entry["canonical_output_shape"][1:]), input_perm=perm, output_perm=entry["output_perm"],
-                    project_dir=entry["project_dir"], top_function=entry["project_name"], io_type=interface.io_type,
-                    input_type=(interface.input.value_type.width, interface.input.value_type.integer, interface.input.value_type.signed),
-                    output_type=(interface.output.value_type.width, interface.output.value_type.integer, interface.output.value_type.signed),
-                ))
+                segments.append(
+                    BundleSegment(
+                        index=entry["index"],
+                        placement="fpga",
+                        name=entry["name"],
+                        input_shape=list(canonical_in[1:]),
+                        output_shape=list(entry["canonical_output_shape"][1:]),
+                        input_perm=perm,
+                        output_perm=entry["output_perm"],
+                        project_dir=entry["project_dir"],
+                        top_function=entry["project_name"],
+                        io_type=interface.io_type,
+                        input_type=(
+                            interface.input.value_type.width,
+                            interface.input.value_type.integer,
+                            interface.input.value_type.signed,
+                        ),
+                        output_type=(
+                            interface.output.value_type.width,
+                            interface.output.value_type.integer,
+                            interface.output.value_type.signed,
+                        ),
+                    )
+                )
             else:
-                segments.append(BundleSegment(
-                    index=entry["index"], placement="cpu", name=entry["name"], input_shape=list(entry["input_shape"][1:]),
-                    output_shape=list(entry["output_shape"][1:]), input_perm=None, output_perm=None,
-                    library=entry["board_library"], library_meta=entry["library_meta"],
-                ))
+                segments.append(
+                    BundleSegment(
+                        index=entry["index"],
+                        placement="cpu",
+                        name=entry["name"],
+                        input_shape=list(entry["input_shape"][1:]),
+                        output_shape=list(entry["output_shape"][1:]),
+                        input_perm=None,
+                        output_perm=None,
+                        library=entry["board_library"],
+                        library_meta=entry["library_meta"],
+                    )
+                )
         written = render_bundle(staging, segments, tgt, model_name, check_data=(x[:64], simulated[:64]))
     except BundleError as err:
         shutil.rmtree(staging / "deploy", ignore_errors=True)
@@ -587,9 +694,13 @@ def _logits_exactness(project, canonical_model, x_canon: np.ndarray) -> dict | N
         return None
     lsb = 2.0 ** -(int(match.group(1)) - int(match.group(2)))
     error = float(np.max(np.abs(reference - simulated))) if reference.size else 0.0
-    return {"bit_exact": error == 0.0, "max_lsb_error": round(error / lsb, 4), "output_lsb": lsb,
-            "exact_at": f"{logits.name} (the logits; {computing[-1].name} is hls4ml's table-based softmax, which no fixed-point design "
-                        f"computes exactly: its own error is in max_abs_error)"}
+    return {
+        "bit_exact": error == 0.0,
+        "max_lsb_error": round(error / lsb, 4),
+        "output_lsb": lsb,
+        "exact_at": f"{logits.name} (the logits; {computing[-1].name} is hls4ml's table-based softmax, which no fixed-point design "
+        f"computes exactly: its own error is in max_abs_error)",
+    }
 
 
 def _segment_exactness(p: PlannedSegment, project, is_last: bool) -> dict | None:
@@ -614,8 +725,12 @@ def _segment_exactness(p: PlannedSegment, project, is_last: bool) -> dict | None
     exact = bit_exactness(reference, simulated, project.layers[-1].precision.get("result", ""), True)
     if exact["bit_exact"] is None:
         return None
-    return {"segment": p.segment.name, "bit_exact": exact["max_lsb_error"] == 0.0, "max_lsb_error": exact["max_lsb_error"],
-            "output_lsb": exact["output_lsb"]}
+    return {
+        "segment": p.segment.name,
+        "bit_exact": exact["max_lsb_error"] == 0.0,
+        "max_lsb_error": exact["max_lsb_error"],
+        "output_lsb": exact["output_lsb"],
+    }
 
 
 def _partitioned_exactness(planned: list[PlannedSegment], projects: dict, end_to_end: dict) -> dict:
@@ -632,16 +747,22 @@ def _partitioned_exactness(planned: list[PlannedSegment], projects: dict, end_to
             per.append(result)
     cpu = [p.segment.name for p in planned if p.segment.placement == "cpu"]
     return {
-        "bit_exact": all(r["bit_exact"] for r in per), "max_lsb_error": max(r["max_lsb_error"] for r in per),
-        "exact_at": "each FPGA segment on the reference's values at its input (" + ", ".join(r["segment"] for r in per) + "); "
-                    + ", ".join(cpu) + " compute(s) in float32 on the CPU (TVM), whose rounding differs from onnxruntime's by ulps: "
-                    "the end-to-end error is in end_to_end_max_lsb_error and max_abs_error",
-        "segments_exactness": per, "end_to_end_max_lsb_error": end_to_end.get("max_lsb_error"),
+        "bit_exact": all(r["bit_exact"] for r in per),
+        "max_lsb_error": max(r["max_lsb_error"] for r in per),
+        "exact_at": "each FPGA segment on the reference's values at its input ("
+        + ", ".join(r["segment"] for r in per)
+        + "); "
+        + ", ".join(cpu)
+        + " compute(s) in float32 on the CPU (TVM), whose rounding differs from onnxruntime's by ulps: "
+        "the end-to-end error is in end_to_end_max_lsb_error and max_abs_error",
+        "segments_exactness": per,
+        "end_to_end_max_lsb_error": end_to_end.get("max_lsb_error"),
     }
 
 
-def _bit_exactness_of(last: PlannedSegment, project, reference: np.ndarray, simulated: np.ndarray, quantized: bool, model,
-                      x: np.ndarray | None = None) -> dict:
+def _bit_exactness_of(
+    last: PlannedSegment, project, reference: np.ndarray, simulated: np.ndarray, quantized: bool, model, x: np.ndarray | None = None
+) -> dict:
     if last.segment.placement == "fpga":
         if quantized and x is not None and last.segment.index == 0:
             logits = _logits_exactness(project, last.canonical.model, to_canonical_layout(x, last.canonical.input_perm))
@@ -650,7 +771,11 @@ def _bit_exactness_of(last: PlannedSegment, project, reference: np.ndarray, simu
         return bit_exactness(reference, simulated, project.layers[-1].precision.get("result", ""), quantized, output_quantizer_step(model))
     if not quantized:
         return {"bit_exact": None, "max_lsb_error": None}
-    return {"bit_exact": None, "max_lsb_error": None, "note": "the last segment runs in float32 on the CPU (TVM): no fixed-point grid to be exact on"}
+    return {
+        "bit_exact": None,
+        "max_lsb_error": None,
+        "note": "the last segment runs in float32 on the CPU (TVM): no fixed-point grid to be exact on",
+    }
 
 
 def _divergence(planned: list[PlannedSegment], outputs: list[np.ndarray], placed, x: np.ndarray, projects: dict) -> dict | None:
@@ -665,8 +790,16 @@ def _divergence(planned: list[PlannedSegment], outputs: list[np.ndarray], placed
         if not np.array_equal(ref.argmax(-1), got.argmax(-1)) or error > 1e-3 * max(1.0, float(np.max(np.abs(ref)))):
             entry = {"segment": p.segment.name, "placement": p.segment.placement, "max_abs_error": error, "layer": p.segment.name}
             if p.segment.placement == "fpga":
-                inner = first_divergence(projects[p.segment.index], p.canonical.model, to_canonical_layout(p.x_in[:n] if p.segment.index == 0 else
-                                         tensor_values(placed, x[:n], [p.segment.input_tensor])[p.segment.input_tensor], p.canonical.input_perm))
+                inner = first_divergence(
+                    projects[p.segment.index],
+                    p.canonical.model,
+                    to_canonical_layout(
+                        p.x_in[:n]
+                        if p.segment.index == 0
+                        else tensor_values(placed, x[:n], [p.segment.input_tensor])[p.segment.input_tensor],
+                        p.canonical.input_perm,
+                    ),
+                )
                 if inner:
                     entry.update(inner)
             return entry
@@ -744,14 +877,17 @@ def build(
     prune_records: list[dict] = []
     if prune:
         enter("prune", loaded.model)
-        loaded.model, prune_records = prune_model(loaded.model, prune, x if data is not None else None, y, x, progress,
-                                                   target=base_target.name, placement=placement)
+        loaded.model, prune_records = prune_model(
+            loaded.model, prune, x if data is not None else None, y, x, progress, target=base_target.name, placement=placement
+        )
         lap("prune", f"{len(prune_records)} pass(es)")
     float_model = loaded.model
     if quantize:
         enter("quantize", loaded.model)
         # without the user's data the pass calibrates on random inputs itself and says so in its record
-        loaded.model, quant_records = quantize_model(loaded.model, quantize, x if data is not None else None, y, base_target.name, options, width)
+        loaded.model, quant_records = quantize_model(
+            loaded.model, quantize, x if data is not None else None, y, base_target.name, options, width
+        )
         prune_records += quant_records
         lap("quantize", f"{len(quant_records)} pass(es)")
     enter("partition", loaded.model)
@@ -762,17 +898,38 @@ def build(
     planned, partition_notes = plan_partition(placed, x, tgt, options, width, placer.place, pinned, single_model=loaded.model)
     float_comparison = None
     # fixed-point PTQ must not cost more than the float design (mixed precision searches cost itself)
-    if quantize and device is not None and all(str(spec if isinstance(spec, str) else spec[0]).split(":")[0] == "fixed" for spec in quantize):
+    if (
+        quantize
+        and device is not None
+        and all(str(spec if isinstance(spec, str) else spec[0]).split(":")[0] == "fixed" for spec in quantize)
+    ):
         enter("configure", loaded.model)
         float_comparison = no_worse_than_float(planned, float_model, x, tgt, options, width, device)
         if (float_comparison is None or float_comparison["float"] is None) and options.reuse_factor is None and options.strategy is None:
+
             def make_placer(extra: dict[str, str]) -> PlaceNodes:
-                return PlaceNodes(place, {**extra, **(placement or {})}, has_fpga=base_target.has_fpga, has_cpu=base_target.cpu is not None,
-                                  target_name=base_target.name)
+                return PlaceNodes(
+                    place,
+                    {**extra, **(placement or {})},
+                    has_fpga=base_target.has_fpga,
+                    has_cpu=base_target.cpu is not None,
+                    target_name=base_target.name,
+                )
 
             float_comparison, replanned, replaced, implemented = compare_partitioned_with_float(
-                planned, float_model, x, tgt, options, width, device, make_placer, pinned, loaded.model, placed,
-                float_on_cpu=not _has_quantizers(float_model))
+                planned,
+                float_model,
+                x,
+                tgt,
+                options,
+                width,
+                device,
+                make_placer,
+                pinned,
+                loaded.model,
+                placed,
+                float_on_cpu=not _has_quantizers(float_model),
+            )
             if replanned is not None:
                 planned, placed = replanned, replaced
             if implemented is not None:  # the reference the build is verified against is what it implements
@@ -789,11 +946,15 @@ def build(
             if float_comparison["chosen"] == "float_placement":
                 line += "; placed as the float build (the layers it left to the CPU stay there): the whole-FPGA design cost more"
             if float_comparison["chosen"] == "float_on_cpu":
-                line += ("; the layers on the CPU keep float32 weights and activations (TVM runs them in float32, where the "
-                         f"{float_comparison['float_on_cpu']['quantizers_removed']} quantizer(s) would only be emulated at a cost); "
-                         "the FPGA layers are quantized, and the build is verified against this model")
+                line += (
+                    "; the layers on the CPU keep float32 weights and activations (TVM runs them in float32, where the "
+                    f"{float_comparison['float_on_cpu']['quantizers_removed']} quantizer(s) would only be emulated at a cost); "
+                    "the FPGA layers are quantized, and the build is verified against this model"
+                )
             if float_comparison["worse_in"]:
-                line += "; worse in " + ", ".join(f"{k} ({float_comparison['float'][k]} -> {chosen[k]})" for k in float_comparison["worse_in"])
+                line += "; worse in " + ", ".join(
+                    f"{k} ({float_comparison['float'][k]} -> {chosen[k]})" for k in float_comparison["worse_in"]
+                )
                 if "compared" in float_comparison:
                     line += f" ({float_comparison['compared']})"
                 elif "lut" in float_comparison["worse_in"] and chosen["dsp"] < float_comparison["float"]["dsp"]:
@@ -804,7 +965,9 @@ def build(
     lap("partition", f"{len(fpga_parts)} FPGA and {len(cpu_parts)} CPU segment(s); canonicalized and configured")
     for p in fpga_parts:
         if progress is not None:
-            progress(f"{'':<12} {'':>6}    {p.segment.name}: {p.plan.io_type}, {len(p.plan.layers)} Dense/Conv layer(s) fitted to {tgt.name}")
+            progress(
+                f"{'':<12} {'':>6}    {p.segment.name}: {p.plan.io_type}, {len(p.plan.layers)} Dense/Conv layer(s) fitted to {tgt.name}"
+            )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.edgec-", dir=out.parent))
@@ -834,16 +997,29 @@ def build(
                 for key in ("convert", "compile"):
                     timings[key] = round(timings.get(key, 0.0) + project.timings[key], 3)
                 if progress is not None:
-                    progress(f"{'convert':<12} {project.timings['convert']:6.2f} s  hls4ml project {project_dir}/ ({len(project.layers)} layers)")
+                    progress(
+                        f"{'convert':<12} {project.timings['convert']:6.2f} s  hls4ml project {project_dir}/ ({len(project.layers)} layers)"
+                    )
                     progress(f"{'compile':<12} {project.timings['compile']:6.2f} s  g++ C simulation")
                 canon_in = p.canonical.model.get_tensor_shape(p.canonical.model.graph.input[0].name)
                 canon_out = p.canonical.model.get_tensor_shape(p.canonical.model.graph.output[0].name)
-                segments_meta.append({
-                    "index": seg.index, "placement": "fpga", "name": seg.name, "project_dir": project_dir, "project_name": project.project_name,
-                    "input_shape": seg_in, "output_shape": seg_out, "input_perm": p.canonical.input_perm, "output_perm": p.canonical.output_perm,
-                    "canonical_output_shape": [int(d) for d in canon_out], "n_in": int(np.prod(canon_in[1:])), "n_out": int(np.prod(canon_out[1:])),
-                    "io_type": p.plan.io_type,
-                })
+                segments_meta.append(
+                    {
+                        "index": seg.index,
+                        "placement": "fpga",
+                        "name": seg.name,
+                        "project_dir": project_dir,
+                        "project_name": project.project_name,
+                        "input_shape": seg_in,
+                        "output_shape": seg_out,
+                        "input_perm": p.canonical.input_perm,
+                        "output_perm": p.canonical.output_perm,
+                        "canonical_output_shape": [int(d) for d in canon_out],
+                        "n_in": int(np.prod(canon_in[1:])),
+                        "n_out": int(np.prod(canon_out[1:])),
+                        "io_type": p.plan.io_type,
+                    }
+                )
             else:
                 from edgec.backends.tvm import compile_cpu_model
 
@@ -853,12 +1029,20 @@ def build(
                 for key, value in library.timings.items():
                     timings[f"tvm_{key}"] = round(timings.get(f"tvm_{key}", 0.0) + value, 3)
                 if progress is not None:
-                    progress(f"{'tvm':<12} {sum(library.timings.values()):6.2f} s  CPU segment {seg.name} ({len(seg.nodes)} nodes) -> cpu/{library.sidecar.name}")
-                segments_meta.append({
-                    "index": seg.index, "placement": "cpu", "name": seg.name, "library_meta": f"cpu/{library.sidecar.name}",
-                    "board_library": f"cpu/{library.board_library.name}" if library.board_library else None,
-                    "input_shape": seg_in, "output_shape": seg_out,
-                })
+                    progress(
+                        f"{'tvm':<12} {sum(library.timings.values()):6.2f} s  CPU segment {seg.name} ({len(seg.nodes)} nodes) -> cpu/{library.sidecar.name}"
+                    )
+                segments_meta.append(
+                    {
+                        "index": seg.index,
+                        "placement": "cpu",
+                        "name": seg.name,
+                        "library_meta": f"cpu/{library.sidecar.name}",
+                        "board_library": f"cpu/{library.board_library.name}" if library.board_library else None,
+                        "input_shape": seg_in,
+                        "output_shape": seg_out,
+                    }
+                )
         clock = time.perf_counter()
         meta = {
             "input_shape": [int(d) for d in input_shape],
@@ -874,22 +1058,31 @@ def build(
         reference, reference_name = reference_outputs(loaded.model, x, loaded.is_qonnx)
         last = planned[-1]
         resolution = projects[last.segment.index].output_resolution(reference) if last.segment.placement == "fpga" else 0.0
-        verification = {"reference": reference_name, "data": data_desc,
-                        **compare(reference, simulated, y, resolution, task=output_task(loaded.model))}
+        verification = {
+            "reference": reference_name,
+            "data": data_desc,
+            **compare(reference, simulated, y, resolution, task=output_task(loaded.model)),
+        }
         verification["simulated_by"] = " -> ".join("C simulation" if p.segment.placement == "fpga" else "TVM host build" for p in planned)
         verification["min_agreement"] = min_agreement
-        verification.update(_bit_exactness_of(last, projects.get(last.segment.index), reference, simulated, loaded.is_qonnx, loaded.model, x))
+        verification.update(
+            _bit_exactness_of(last, projects.get(last.segment.index), reference, simulated, loaded.is_qonnx, loaded.model, x)
+        )
         if loaded.is_qonnx and not single_fpga and fpga_parts:
             verification.update(_partitioned_exactness(planned, projects, verification))
         verification["first_divergence"] = None
         if verification["decisive_agreement"] < min_agreement:
             if single_fpga:
-                verification["first_divergence"] = first_divergence(projects[0], fpga_parts[0].canonical.model, to_canonical_layout(x, fpga_parts[0].canonical.input_perm))
+                verification["first_divergence"] = first_divergence(
+                    projects[0], fpga_parts[0].canonical.model, to_canonical_layout(x, fpga_parts[0].canonical.input_perm)
+                )
             else:
                 verification["first_divergence"] = _divergence(planned, seg_outputs, placed, x, projects)
         lap("verify", f"{verification['n_samples']} samples against {reference_name}")
         enter("cost", placed)
-        costs = cost_partitioned_design(planned, projects, libraries, base_target, device, options, pruned=any("ops_before" in r for r in prune_records))
+        costs = cost_partitioned_design(
+            planned, projects, libraries, base_target, device, options, pruned=any("ops_before" in r for r in prune_records)
+        )
         lap("estimate", f"{costs.latency_us:.4g} us, {costs.energy_uj:.3g} uJ per inference")
         report = {
             "schema_version": SCHEMA_VERSION,
@@ -897,7 +1090,11 @@ def build(
             "model": {
                 "path": loaded.path,
                 "sha256": loaded.sha256,
-                "inputs": [{"name": i.name, "shape": loaded.model.get_tensor_shape(i.name)} for i in loaded.model.graph.input if loaded.model.get_initializer(i.name) is None],
+                "inputs": [
+                    {"name": i.name, "shape": loaded.model.get_tensor_shape(i.name)}
+                    for i in loaded.model.graph.input
+                    if loaded.model.get_initializer(i.name) is None
+                ],
                 "outputs": [{"name": o.name, "shape": loaded.model.get_tensor_shape(o.name)} for o in loaded.model.graph.output],
             },
             "target": target_report(base_target, device),
@@ -908,11 +1105,21 @@ def build(
             "partition": costs.partition,
             "quantization_cost": float_comparison,
             "verification": verification,
-            "passes": prune_records + [
-                {"name": q["name"], "params": q.get("params", {}), "seconds": q["seconds"], **({"details": q["details"]} if q.get("details") else {})}
-                for p in fpga_parts for q in p.canonical.passes
+            "passes": prune_records
+            + [
+                {
+                    "name": q["name"],
+                    "params": q.get("params", {}),
+                    "seconds": q["seconds"],
+                    **({"details": q["details"]} if q.get("details") else {}),
+                }
+                for p in fpga_parts
+                for q in p.canonical.passes
             ],
-            "decisions": loaded.notes + _prune_decisions(prune_records) + partition_notes + costs.decisions
+            "decisions": loaded.notes
+            + _prune_decisions(prune_records)
+            + partition_notes
+            + costs.decisions
             + [line for p in fpga_parts for line in _pass_decisions(p.canonical.passes) + p.plan.notes],
             "timings": timings,
         }
@@ -922,8 +1129,15 @@ def build(
         if bundle_note.get("skipped"):
             report["warnings"].append(f"no deploy/ bundle: {bundle_note['skipped']}")
         if cross and base_target.cpu is not None and libraries:
-            report["cpu_libraries"] = [{"segment": planned[i].segment.name, "board": f"cpu/{lib.board_library.name}" if lib.board_library else None,
-                                        "machine": lib.board_elf_machine, "host": f"cpu/{lib.host_library.name}"} for i, lib in libraries.items()]
+            report["cpu_libraries"] = [
+                {
+                    "segment": planned[i].segment.name,
+                    "board": f"cpu/{lib.board_library.name}" if lib.board_library else None,
+                    "machine": lib.board_elf_machine,
+                    "host": f"cpu/{lib.host_library.name}",
+                }
+                for i, lib in libraries.items()
+            ]
         write_report(report, staging / "report.json")
         write_html(report, staging / "report.html")
         (staging / "summary.txt").write_text(render_summary(report) + "\n")

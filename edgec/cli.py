@@ -75,8 +75,14 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     from edgec.report import render_summary
 
     report = estimate(
-        args.model, target=args.target, data=args.data, options=_design_options(args), width=args.width, prune=args.prune,
-        place=args.place, placement=_placement_overrides(args.place_node),
+        args.model,
+        target=args.target,
+        data=args.data,
+        options=_design_options(args),
+        width=args.width,
+        prune=args.prune,
+        place=args.place,
+        placement=_placement_overrides(args.place_node),
         progress=lambda line: print(line, file=sys.stderr, flush=True),  # stdout stays the report (pure JSON with --json)
     )
     if args.json:
@@ -186,19 +192,34 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("-o", "--output", default="build", help="build folder (default: build)")
     b.add_argument("--data", help=".npz with x (model layout) and optional y labels, or .npy inputs")
     b.add_argument("--force", action="store_true", help="replace an existing build folder")
-    b.add_argument("--keep-failed", action="store_true",
-                   help="when the build fails after it started writing, keep what was written in OUTPUT.failed/ for inspection")
+    b.add_argument(
+        "--keep-failed",
+        action="store_true",
+        help="when the build fails after it started writing, keep what was written in OUTPUT.failed/ for inspection",
+    )
     b.add_argument("--min-agreement", type=float, default=0.99, help="fail (exit 3) below this argmax agreement")
     b.add_argument("--width", type=int, default=16, help="bit width of calibrated fixed-point types (default 16)")
-    b.add_argument("--place", choices=["auto", "fpga", "cpu"], default="auto",
-                   help="where layers run: auto (default: FPGA, with ops hls4ml lacks and layers that do not fit on the board's CPU), fpga or cpu")
+    b.add_argument(
+        "--place",
+        choices=["auto", "fpga", "cpu"],
+        default="auto",
+        help="where layers run: auto (default: FPGA, with ops hls4ml lacks and layers that do not fit on the board's CPU), fpga or cpu",
+    )
     b.add_argument("--place-node", action="append", metavar="NODE=fpga|cpu", help="place one ONNX node (repeatable; wins over --place)")
     b.add_argument("--no-cross", action="store_true", help="build CPU parts for this host only (skip the board's cross-compiled library)")
-    b.add_argument("--prune", action="append", metavar="METHOD[:key=value,...]",
-                   help="prune before lowering (repeatable, run in order): magnitude, channels, sensitivity, spp, bnn-latent; "
-                        "e.g. magnitude:sparsity=0.5,max_drop=0.5")
-    b.add_argument("--quantize", action="append", metavar="METHOD[:key=value,...]",
-                   help="quantize before lowering, after pruning (repeatable): e.g. fixed:bits=8,per=channel")
+    b.add_argument(
+        "--prune",
+        action="append",
+        metavar="METHOD[:key=value,...]",
+        help="prune before lowering (repeatable, run in order): magnitude, channels, sensitivity, spp, bnn-latent; "
+        "e.g. magnitude:sparsity=0.5,max_drop=0.5",
+    )
+    b.add_argument(
+        "--quantize",
+        action="append",
+        metavar="METHOD[:key=value,...]",
+        help="quantize before lowering, after pruning (repeatable): e.g. fixed:bits=8,per=channel",
+    )
     _add_design_options(b)
     b.set_defaults(func=_cmd_build)
     e = sub.add_parser("estimate", help="latency, resources and energy per layer in seconds, without compiling")
@@ -208,9 +229,13 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--width", type=int, default=16, help="bit width of calibrated fixed-point types (default 16)")
     e.add_argument("--json", action="store_true", help="print only the JSON report (layers, totals, cost_model)")
     e.add_argument("--prune", action="append", metavar="METHOD[:key=value,...]", help="prune first (as in build)")
-    e.add_argument("--place", choices=["auto", "fpga", "cpu"], default="auto",
-                   help="as in build (auto: ops hls4ml lacks and layers that do not fit are costed on the board's CPU); "
-                        "fpga costs every op as hls4ml would implement it")
+    e.add_argument(
+        "--place",
+        choices=["auto", "fpga", "cpu"],
+        default="auto",
+        help="as in build (auto: ops hls4ml lacks and layers that do not fit are costed on the board's CPU); "
+        "fpga costs every op as hls4ml would implement it",
+    )
     e.add_argument("--place-node", action="append", metavar="NODE=fpga|cpu", help="place one ONNX node (as in build)")
     _add_design_options(e)
     e.set_defaults(func=_cmd_estimate)

@@ -199,7 +199,9 @@ def _layer_choice(model: ModelWrapper, node, plan_width: int, ranges: dict[str, 
     group = next((a.i for a in node.attribute if a.name == "group"), 1)
     return LayerChoice(
         # one input channel per group, in OIHW or channels-last OHWI weights alike: C_in/group * kernel == kernel
-        depthwise=node.op_type == "Conv" and group > 1 and n_in == int(np.prod([a.ints for a in node.attribute if a.name == "kernel_shape"][0] or [1])),
+        depthwise=node.op_type == "Conv"
+        and group > 1
+        and n_in == int(np.prod([a.ints for a in node.attribute if a.name == "kernel_shape"][0] or [1])),
         sparsity=sparsity,
         node=node.name,
         op="Dense" if node.op_type == "MatMul" else "Conv",
@@ -336,7 +338,14 @@ def plan_lowering(
                     choice.input_bits = precision.width
                 layers[node.name] = choice
     notes: list[str] = []
-    plan = LoweringPlan(io_type=chosen_io, width=precision.width if precision else width, tensor_max_abs=ranges, layers=layers, notes=notes, precision=precision)
+    plan = LoweringPlan(
+        io_type=chosen_io,
+        width=precision.width if precision else width,
+        tensor_max_abs=ranges,
+        layers=layers,
+        notes=notes,
+        precision=precision,
+    )
     if strategy is None and reuse_factor is None:
         notes.extend(fit_to_target(model, plan, target, backend=backend))
     else:
@@ -344,12 +353,16 @@ def plan_lowering(
             choice.strategy = (strategy or (choice.serial_strategy if (reuse_factor or 1) > 1 else "Latency")).capitalize()
             if choice.depthwise and choice.strategy == "Resource":
                 choice.strategy = "Latency"
-                notes.append(f"{choice.node}: depthwise convolution kept at the Latency strategy (hls4ml 1.3.0's Resource form is wrong in io_stream)")
+                notes.append(
+                    f"{choice.node}: depthwise convolution kept at the Latency strategy (hls4ml 1.3.0's Resource form is wrong in io_stream)"
+                )
             wanted = reuse_factor or 1
             choice.reuse_factor = nearest_valid_reuse_factor(choice, wanted)
             choice.reason = f"set by the user: {choice.strategy} strategy, reuse factor {choice.reuse_factor}"
             if choice.reuse_factor != wanted:
-                notes.append(f"{choice.node}: reuse factor {wanted} is not valid for a {choice.n_in}x{choice.n_out} kernel in hls4ml; using {choice.reuse_factor}")
+                notes.append(
+                    f"{choice.node}: reuse factor {wanted} is not valid for a {choice.n_in}x{choice.n_out} kernel in hls4ml; using {choice.reuse_factor}"
+                )
     if io_type is None and has_conv:
         notes.append("io_stream chosen for a convolutional model (line-buffer convolutions)")
     if precision is not None:

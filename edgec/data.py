@@ -15,7 +15,7 @@ DEFAULT_RANDOM_SAMPLES = 200
 
 def arrays_as_data(data, input_shape: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
     """Check in-memory data (an array of inputs, or an ``(x, y)`` tuple) like a data file."""
-    x, y = (data if isinstance(data, tuple) else (data, None))
+    x, y = data if isinstance(data, tuple) else (data, None)
     return _checked(np.asarray(x), None if y is None else np.asarray(y), input_shape, "data")
 
 
@@ -80,8 +80,16 @@ def declared_datatype(model: ModelWrapper) -> dict | None:
     label = dtype.get_canonical_name()
     if label == "BIPOLAR":
         return {"kind": "bipolar", "scale": 1.0, "gain": 1.0, "offset": 0.0, "annotation": label}
-    return {"kind": "int", "scale": 1.0, "zeropt": 0.0, "low": int(dtype.min()), "high": int(dtype.max()), "gain": 1.0, "offset": 0.0,
-            "annotation": label}
+    return {
+        "kind": "int",
+        "scale": 1.0,
+        "zeropt": 0.0,
+        "low": int(dtype.min()),
+        "high": int(dtype.max()),
+        "gain": 1.0,
+        "offset": 0.0,
+        "annotation": label,
+    }
 
 
 def input_domain(model: ModelWrapper) -> dict:

@@ -58,8 +58,15 @@ def _match_costs(hls_layers: list, costs: list[LayerCost]) -> list[LayerCost | N
 def _layer_cost(cost: LayerCost | None, clock_ns: float) -> dict:
     """A report layer's cost fields; a layer the cost model folded into another costs nothing itself."""
     if cost is None:
-        return {"cycles": 0, "ii": 1, "latency_ns": 0.0, "resources": dict(ZERO_RESOURCES), "energy_nj": 0.0,
-                "energy_breakdown_nj": {"compute": 0.0, "memory": 0.0, "io": 0.0, "static": 0.0}, "sparsity": None}
+        return {
+            "cycles": 0,
+            "ii": 1,
+            "latency_ns": 0.0,
+            "resources": dict(ZERO_RESOURCES),
+            "energy_nj": 0.0,
+            "energy_breakdown_nj": {"compute": 0.0, "memory": 0.0, "io": 0.0, "static": 0.0},
+            "sparsity": None,
+        }
     return cost.to_report(clock_ns)
 
 
@@ -69,7 +76,9 @@ def _break_even_fields(layer: LayerConfig | None, ratio: float | None, target, d
     if layer is None or layer.kind not in LINEAR_KINDS or ratio is None:
         return {"implementation": None, "pruning_ratio": None, "break_even_ratio": None}, None
     table = break_even_table(layer, target, device, placement, METRICS)  # one search for every metric
-    implementation, reason, chosen = choose_implementation(layer, ratio, target, device, placement, BREAK_EVEN_METRIC, table[BREAK_EVEN_METRIC])
+    implementation, reason, chosen = choose_implementation(
+        layer, ratio, target, device, placement, BREAK_EVEN_METRIC, table[BREAK_EVEN_METRIC]
+    )
     row = {
         "layer": layer.name,
         "placement": placement,
@@ -107,8 +116,11 @@ def _measured_cpu_break_even(layer: LayerConfig) -> dict | None:
         measured = measure_cpu_break_even(layer.n_out, layer.n_in, max(1, layer.positions), repeats=3)
     except ToolchainError:
         return None
-    return {"ratio": None if measured["break_even_ratio"] is None else round(measured["break_even_ratio"], 4),
-            "machine": measured["cpu_model"], "kernels": "SIMD dense (C, gcc -O3) vs CSR on the build host, not the board"}
+    return {
+        "ratio": None if measured["break_even_ratio"] is None else round(measured["break_even_ratio"], 4),
+        "machine": measured["cpu_model"],
+        "kernels": "SIMD dense (C, gcc -O3) vs CSR on the build host, not the board",
+    }
 
 
 def _cpu_layer_config(model, node, weights: dict) -> tuple[LayerConfig | None, float | None]:
@@ -130,8 +142,18 @@ def _cpu_layer_config(model, node, weights: dict) -> tuple[LayerConfig | None, f
         transposed = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
         n_in, n_out = (int(weight.shape[1]), int(weight.shape[0])) if transposed else (int(weight.shape[0]), int(weight.shape[1]))
         positions, kind = 1, "dense"
-    layer = LayerConfig(name=node.name, kind=kind, op=node.op_type, output_tensor=node.output[0], in_shape=[n_in], out_shape=[n_out],
-                        n_in=n_in, n_out=n_out, positions=positions, weight_bits=32)
+    layer = LayerConfig(
+        name=node.name,
+        kind=kind,
+        op=node.op_type,
+        output_tensor=node.output[0],
+        in_shape=[n_in],
+        out_shape=[n_out],
+        n_in=n_in,
+        n_out=n_out,
+        positions=positions,
+        weight_bits=32,
+    )
     return layer, float(np.mean(weight == 0)) if weight.size else 0.0
 
 
@@ -158,7 +180,9 @@ class PartitionedCost:
     energy_uj: float = 0.0
 
 
-def cost_partitioned_design(planned: list, projects: dict, libraries: dict, target, device, options, pruned: bool = False) -> PartitionedCost:
+def cost_partitioned_design(
+    planned: list, projects: dict, libraries: dict, target, device, options, pruned: bool = False
+) -> PartitionedCost:
     """Cost every segment, the transfers between them and the whole design (see module docstring).
     ``pruned``: a pruning pass ran, so layers pruned below their break-even ratio are flagged in the decisions."""
     from edgec.cost.cpu import cpu_node_costs
@@ -174,21 +198,41 @@ def cost_partitioned_design(planned: list, projects: dict, libraries: dict, targ
     single_fpga = len(planned) == 1 and planned[0].segment.placement == "fpga"
     for p in planned:
         seg = p.segment
-        entry = {"index": seg.index, "name": seg.name, "placement": seg.placement, "nodes": seg.nodes,
-                 "input_tensor": seg.input_tensor, "output_tensor": seg.output_tensor, "reasons": seg.reasons}
+        entry = {
+            "index": seg.index,
+            "name": seg.name,
+            "placement": seg.placement,
+            "nodes": seg.nodes,
+            "input_tensor": seg.input_tensor,
+            "output_tensor": seg.output_tensor,
+            "reasons": seg.reasons,
+        }
         if seg.placement == "fpga":
             project = projects.get(seg.index)  # None: an estimate, nothing lowered (the cost model's layers are reported)
             design = estimate_design(cost_layers(p.canonical.model, p.plan, p.plan.io_type, options), device, target.power)
             designs.append(design)
             if project is not None:
                 pairs = zip(project.layers, _match_costs(project.layers, design.layers))
-                entries = [({
-                    "name": hls.name, "op": hls.op, "inputs_shape": hls.input_shape, "outputs_shape": hls.output_shape,
-                    "macs": hls.macs, "params": hls.params,
-                    "precision": {k: hls.precision.get(k) for k in ("weight", "bias", "result", "accum")},
-                    "strategy": hls.strategy, "reuse_factor": hls.reuse_factor, "onnx_tensor": hls.onnx_tensor,
-                    "choice_reason": hls.choice_reason, **_layer_cost(cost, device.clock_ns),
-                }, cost) for hls, cost in pairs]
+                entries = [
+                    (
+                        {
+                            "name": hls.name,
+                            "op": hls.op,
+                            "inputs_shape": hls.input_shape,
+                            "outputs_shape": hls.output_shape,
+                            "macs": hls.macs,
+                            "params": hls.params,
+                            "precision": {k: hls.precision.get(k) for k in ("weight", "bias", "result", "accum")},
+                            "strategy": hls.strategy,
+                            "reuse_factor": hls.reuse_factor,
+                            "onnx_tensor": hls.onnx_tensor,
+                            "choice_reason": hls.choice_reason,
+                            **_layer_cost(cost, device.clock_ns),
+                        },
+                        cost,
+                    )
+                    for hls, cost in pairs
+                ]
             else:
                 from edgec.estimate import layer_report
 
@@ -197,7 +241,9 @@ def cost_partitioned_design(planned: list, projects: dict, libraries: dict, targ
                 if not single_fpga:
                     layer_entry["name"] = f"{seg.name}/{layer_entry['name']}"
                 layer_entry.update({"placement": "fpga", "segment": seg.name})
-                fields, row = _break_even_fields(cost.layer if cost else None, cost.layer.sparsity if cost else None, target, device, "fpga")
+                fields, row = _break_even_fields(
+                    cost.layer if cost else None, cost.layer.sparsity if cost else None, target, device, "fpga"
+                )
                 layer_entry.update(fields)
                 if row is not None:
                     row["layer"] = layer_entry["name"]
@@ -213,7 +259,10 @@ def cost_partitioned_design(planned: list, projects: dict, libraries: dict, targ
 
                 try:
                     interface = read_hls_interface(project.project_dir, project.project_name)
-                    first_precision, last_precision = f"{interface.input.value_type.width} bits", f"{interface.output.value_type.width} bits"
+                    first_precision, last_precision = (
+                        f"{interface.input.value_type.width} bits",
+                        f"{interface.output.value_type.width} bits",
+                    )
                 except BundleError:
                     first_precision = project.layers[0].precision.get("result") if project.layers else None
                     last_precision = project.layers[-1].precision.get("result") if project.layers else None
@@ -225,13 +274,46 @@ def cost_partitioned_design(planned: list, projects: dict, libraries: dict, targ
             to_fpga = transfer_cost(n_in, "to_fpga", device.clock_ns, target.power, _word_bits(first_precision))
             to_cpu = transfer_cost(n_out, "to_cpu", device.clock_ns, target.power, _word_bits(last_precision))
             # the FPGA design's own energy already counts its input/output PS-PL traffic ("io")
-            stages.append({"kind": "transfer", "name": f"{seg.name} input DMA", "latency_us": to_fpga.latency_us, "interval_us": to_fpga.latency_us, "energy_uj": 0.0})
-            stages.append({"kind": "fpga", "name": seg.name, "latency_us": design.latency_us,
-                           "interval_us": max(design.ii, 1) * device.clock_ns / 1000.0, "energy_uj": design.energy_uj})
-            stages.append({"kind": "transfer", "name": f"{seg.name} output DMA", "latency_us": to_cpu.latency_us, "interval_us": to_cpu.latency_us, "energy_uj": 0.0})
-            entry.update({"latency_us": round(design.latency_us, 6), "ii": design.ii, "energy_uj": round(design.energy_uj, 9),
-                          "resources": design.resources(), "project_dir": None,
-                          "transfers": [to_fpga.as_dict() | {"energy_counted_in": "fpga io"}, to_cpu.as_dict() | {"energy_counted_in": "fpga io"}]})
+            stages.append(
+                {
+                    "kind": "transfer",
+                    "name": f"{seg.name} input DMA",
+                    "latency_us": to_fpga.latency_us,
+                    "interval_us": to_fpga.latency_us,
+                    "energy_uj": 0.0,
+                }
+            )
+            stages.append(
+                {
+                    "kind": "fpga",
+                    "name": seg.name,
+                    "latency_us": design.latency_us,
+                    "interval_us": max(design.ii, 1) * device.clock_ns / 1000.0,
+                    "energy_uj": design.energy_uj,
+                }
+            )
+            stages.append(
+                {
+                    "kind": "transfer",
+                    "name": f"{seg.name} output DMA",
+                    "latency_us": to_cpu.latency_us,
+                    "interval_us": to_cpu.latency_us,
+                    "energy_uj": 0.0,
+                }
+            )
+            entry.update(
+                {
+                    "latency_us": round(design.latency_us, 6),
+                    "ii": design.ii,
+                    "energy_uj": round(design.energy_uj, 9),
+                    "resources": design.resources(),
+                    "project_dir": None,
+                    "transfers": [
+                        to_fpga.as_dict() | {"energy_counted_in": "fpga io"},
+                        to_cpu.as_dict() | {"energy_counted_in": "fpga io"},
+                    ],
+                }
+            )
         else:
             costs = cpu_node_costs(seg.model, target.cpu)
             by_name = {n.name: n for n in seg.model.graph.node}
@@ -244,18 +326,27 @@ def cost_partitioned_design(planned: list, projects: dict, libraries: dict, targ
                 shape_out = seg.model.get_tensor_shape(node.output[0]) if node is not None else None
                 config, ratio = _cpu_layer_config(seg.model, node, effective) if node is not None else (None, None)
                 layer_entry = {
-                    "name": c["name"], "op": c["op"], "inputs_shape": list(shape_in[1:]) if shape_in else [],
-                    "outputs_shape": list(shape_out[1:]) if shape_out else [], "macs": int(c.get("macs") or 0),
+                    "name": c["name"],
+                    "op": c["op"],
+                    "inputs_shape": list(shape_in[1:]) if shape_in else [],
+                    "outputs_shape": list(shape_out[1:]) if shape_out else [],
+                    "macs": int(c.get("macs") or 0),
                     "params": int(config.n_in * config.n_out) if config else 0,
                     "precision": {"weight": "float32" if config else None, "bias": None, "result": "float32", "accum": None},
-                    "strategy": None, "reuse_factor": None, "onnx_tensor": node.output[0] if node is not None else None,
+                    "strategy": None,
+                    "reuse_factor": None,
+                    "onnx_tensor": node.output[0] if node is not None else None,
                     "choice_reason": seg.reasons.get(c["name"]),
-                    "cycles": int(round(c["cycles"])), "ii": int(round(c["cycles"])), "clock": "cpu",
-                    "latency_ns": round(c["latency_us"] * 1000.0, 3), "resources": dict(ZERO_RESOURCES),
+                    "cycles": int(round(c["cycles"])),
+                    "ii": int(round(c["cycles"])),
+                    "clock": "cpu",
+                    "latency_ns": round(c["latency_us"] * 1000.0, 3),
+                    "resources": dict(ZERO_RESOURCES),
                     "energy_nj": round(c["energy_uj"] * 1000.0, 6),
                     "energy_breakdown_nj": {"compute": round(c["energy_uj"] * 1000.0, 6), "memory": 0.0, "io": 0.0, "static": 0.0},
                     "sparsity": round(ratio, 4) if ratio is not None else None,
-                    "placement": "cpu", "segment": seg.name,
+                    "placement": "cpu",
+                    "segment": seg.name,
                 }
                 fields, row = _break_even_fields(config, ratio, target, device, "cpu")
                 layer_entry.update(fields)
@@ -264,10 +355,16 @@ def cost_partitioned_design(planned: list, projects: dict, libraries: dict, targ
                 layers.append(layer_entry)
             stages.append({"kind": "cpu", "name": seg.name, "latency_us": latency, "interval_us": latency, "energy_uj": energy})
             library = libraries.get(seg.index)
-            entry.update({"latency_us": round(latency, 6), "energy_uj": round(energy, 9), "cpu": target.cpu.name,
-                          "library": f"cpu/{library.board_library.name}" if library is not None and library.board_library else None,
-                          "host_library": f"cpu/{library.host_library.name}" if library is not None else None,
-                          "board_machine": library.board_elf_machine if library is not None else None})
+            entry.update(
+                {
+                    "latency_us": round(latency, 6),
+                    "energy_uj": round(energy, 9),
+                    "cpu": target.cpu.name,
+                    "library": f"cpu/{library.board_library.name}" if library is not None and library.board_library else None,
+                    "host_library": f"cpu/{library.host_library.name}" if library is not None else None,
+                    "board_machine": library.board_elf_machine if library is not None else None,
+                }
+            )
             if library is not None:
                 entry["host_latency_ms"] = _host_latency(library, p.x_in)
         segments.append(entry)
@@ -278,15 +375,17 @@ def cost_partitioned_design(planned: list, projects: dict, libraries: dict, targ
     for row in table:  # flagged when the model was pruned (zeros a quantizer made are not a pruning decision)
         if pruned and row["below_break_even"]:
             decisions.append(f"{row['layer']}: {row['reason']}")
-    partition = {"segments": segments, "stages": stages, "system": system, "break_even": table,
-                 "break_even_metric": BREAK_EVEN_METRIC}
+    partition = {"segments": segments, "stages": stages, "system": system, "break_even": table, "break_even_metric": BREAK_EVEN_METRIC}
     if single_fpga:
         sections = cost_sections(designs[0])
         if bottleneck_name:
             sections["totals"]["bottleneck"] = bottleneck_name
         return PartitionedCost(layers, sections, partition, decisions, designs[0].latency_us, designs[0].energy_uj)
-    sections = {"totals": _merged_totals(designs, system, stages), "cost_model": designs[0].cost_model() if designs else {"cpu": target.cpu.name},
-                "warnings": [w for d in designs for w in d.warnings]}
+    sections = {
+        "totals": _merged_totals(designs, system, stages),
+        "cost_model": designs[0].cost_model() if designs else {"cpu": target.cpu.name},
+        "warnings": [w for d in designs for w in d.warnings],
+    }
     return PartitionedCost(layers, sections, partition, decisions, system.get("latency_us", 0.0), system.get("energy_uj", 0.0))
 
 

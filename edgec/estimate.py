@@ -71,7 +71,9 @@ def target_for_device(target: Target, device: Device) -> Target:
     """The target with the device's part and resources (so the configurator fits the right chip)."""
     from dataclasses import replace
 
-    return replace(target, part=device.part, family=device.family, dsp_kind=device.dsp_kind, resources=device.resources, clock_mhz=device.clock_mhz)
+    return replace(
+        target, part=device.part, family=device.family, dsp_kind=device.dsp_kind, resources=device.resources, clock_mhz=device.clock_mhz
+    )
 
 
 def plan_design(model: ModelWrapper, x_canon: np.ndarray, target: Target, options: DesignOptions, width: int) -> LoweringPlan:
@@ -175,8 +177,11 @@ def estimate(
     design = estimate_design(layers, device, tgt.power)
     warnings = list(design.warnings)
     if canonical.unsupported:
-        warnings.insert(0, "edgec cannot put these ops on the FPGA (a build with --place auto runs them on the board's CPU); "
-                           "figures are for hls4ml's own implementation of: " + "; ".join(canonical.unsupported))
+        warnings.insert(
+            0,
+            "edgec cannot put these ops on the FPGA (a build with --place auto runs them on the board's CPU); "
+            "figures are for hls4ml's own implementation of: " + "; ".join(canonical.unsupported),
+        )
     report = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "edgec_version": __version__,
@@ -196,8 +201,18 @@ def estimate(
     return report
 
 
-def _estimate_partitioned(loaded, tgt: Target, device, x, options: DesignOptions, width: int, place: str,
-                          placement: dict[str, str] | None, prune_records: list[dict], started: float) -> dict | None:
+def _estimate_partitioned(
+    loaded,
+    tgt: Target,
+    device,
+    x,
+    options: DesignOptions,
+    width: int,
+    place: str,
+    placement: dict[str, str] | None,
+    prune_records: list[dict],
+    started: float,
+) -> dict | None:
     """The estimate of a model the build would partition (None when it all stays on the FPGA)."""
     from edgec.build import plan_partition
     from edgec.design_report import cost_partitioned_design, target_report
@@ -216,11 +231,18 @@ def _estimate_partitioned(loaded, tgt: Target, device, x, options: DesignOptions
         notes.insert(0, f"{tgt.name} has no FPGA: every node runs on its {tgt.cpu.name} (TVM)")
     costs = cost_partitioned_design(planned, {}, {}, tgt, device, options, pruned=any("ops_before" in r for r in prune_records))
     return {
-        "schema_version": REPORT_SCHEMA_VERSION, "edgec_version": __version__, "kind": "estimate",
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "edgec_version": __version__,
+        "kind": "estimate",
         "model": {"path": loaded.path, "sha256": loaded.sha256},
-        "target": target_report(tgt, device), "io_type": next((p.plan.io_type for p in planned if p.plan), None),
-        "options": {**options.as_dict(), "place": placer.place}, "layers": costs.layers, **costs.sections,
-        "partition": costs.partition, "passes": prune_records,
+        "target": target_report(tgt, device),
+        "io_type": next((p.plan.io_type for p in planned if p.plan), None),
+        "options": {**options.as_dict(), "place": placer.place},
+        "layers": costs.layers,
+        **costs.sections,
+        "partition": costs.partition,
+        "passes": prune_records,
         "decisions": notes + costs.decisions + [line for p in planned if p.plan for line in p.plan.notes],
-        "verification": None, "timings": {"estimate": round(time.perf_counter() - started, 3)},
+        "verification": None,
+        "timings": {"estimate": round(time.perf_counter() - started, 3)},
     }

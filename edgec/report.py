@@ -44,16 +44,21 @@ def render_headline(report: dict) -> list[str]:
             f"PS-PL transfers {split.get('transfer', 0):.4g}) -> {totals['throughput_fps']:.4g} inferences/s pipelined",
         ]
     if tgt.get("part"):
-        lines.append("resources on " + tgt["part"] + ": " + ", ".join(
-            f"{k.upper()} {used[k]} ({util[k] * 100:.1f}%)" for k in ("lut", "ff", "dsp", "bram18")
-        ))
+        lines.append(
+            "resources on "
+            + tgt["part"]
+            + ": "
+            + ", ".join(f"{k.upper()} {used[k]} ({util[k] * 100:.1f}%)" for k in ("lut", "ff", "dsp", "bram18"))
+        )
     lines += [
         f"energy {totals['energy_uj']:.4g} uJ per inference ("
         + ", ".join(f"{k} {v:.3g}" for k, v in totals["energy_breakdown_uj"].items())
         + f"), energy-delay product {totals['edp']:.4g} uJ*us",
     ]
     if totals.get("bottleneck"):
-        layer = next((entry for entry in report["layers"] if entry["name"] == totals["bottleneck"] and entry.get("cycles") is not None), None)
+        layer = next(
+            (entry for entry in report["layers"] if entry["name"] == totals["bottleneck"] and entry.get("cycles") is not None), None
+        )
         if layer is None:
             lines.append(f"bottleneck: {totals['bottleneck']}")
         else:
@@ -70,10 +75,14 @@ def render_summary(report: dict) -> str:
     where = [f"{tgt['part']} @ {tgt['clock_mhz']:g} MHz"] if tgt.get("part") else []
     if tgt.get("cpu") and any(layer.get("placement") == "cpu" for layer in report["layers"]):
         where.append(f"{tgt['cpu']['name']} @ {tgt['cpu']['clock_mhz']:g} MHz")
-    lines.append(f"edgec {report['edgec_version']}  model {Path(report['model']['path'] or '<ModelProto>').name}  "
-                 f"-> {tgt['name']} ({' + '.join(where)})")
-    header = (f"{'layer':<22} {'at':<4} {'op':<12} {'in':>10} {'out':>10} {'MACs':>9} {'result':<20} {'strategy':<9} {'RF':>4} "
-              f"{'cycles':>7} {'II':>5} {'LUT':>7} {'FF':>7} {'DSP':>5} {'BRAM':>5} {'nJ':>8}")
+    lines.append(
+        f"edgec {report['edgec_version']}  model {Path(report['model']['path'] or '<ModelProto>').name}  "
+        f"-> {tgt['name']} ({' + '.join(where)})"
+    )
+    header = (
+        f"{'layer':<22} {'at':<4} {'op':<12} {'in':>10} {'out':>10} {'MACs':>9} {'result':<20} {'strategy':<9} {'RF':>4} "
+        f"{'cycles':>7} {'II':>5} {'LUT':>7} {'FF':>7} {'DSP':>5} {'BRAM':>5} {'nJ':>8}"
+    )
     lines.append(header)
     lines.append("-" * len(header))
     for layer in report["layers"]:
@@ -81,8 +90,10 @@ def render_summary(report: dict) -> str:
         res = layer.get("resources") or {}
         cost = ""
         if layer.get("cycles") is not None:
-            cost = (f" {layer['cycles']:>7} {layer['ii']:>5} {_fmt_count(res['lut']):>7} {_fmt_count(res['ff']):>7} "
-                    f"{res['dsp']:>5} {res['bram18']:>5} {layer['energy_nj']:>8.3g}")
+            cost = (
+                f" {layer['cycles']:>7} {layer['ii']:>5} {_fmt_count(res['lut']):>7} {_fmt_count(res['ff']):>7} "
+                f"{res['dsp']:>5} {res['bram18']:>5} {layer['energy_nj']:>8.3g}"
+            )
         lines.append(
             f"{layer['name'][:22]:<22} {(layer.get('placement') or 'fpga')[:4]:<4} {layer['op'][:12]:<12} {_fmt_shape(layer['inputs_shape']):>10} "
             f"{_fmt_shape(layer['outputs_shape']):>10} {layer['macs']:>9} "
@@ -95,7 +106,10 @@ def render_summary(report: dict) -> str:
         lines.extend(headline)
     segments = (report.get("partition") or {}).get("segments") or []
     if len(segments) > 1 or any(seg["placement"] == "cpu" for seg in segments):
-        lines.append("segments: " + " -> ".join(f"{seg['name']} ({len(seg['nodes'])} node{'s' if len(seg['nodes']) != 1 else ''})" for seg in segments))
+        lines.append(
+            "segments: "
+            + " -> ".join(f"{seg['name']} ({len(seg['nodes'])} node{'s' if len(seg['nodes']) != 1 else ''})" for seg in segments)
+        )
     flagged = [row for row in (report.get("partition") or {}).get("break_even", []) if row.get("below_break_even")]
     for row in flagged:
         lines.append(f"break-even: {row['layer']}: {row['reason']}")
@@ -106,8 +120,10 @@ def render_summary(report: dict) -> str:
             acc = f", accuracy reference {ver['accuracy_reference']:.4f} / simulated {ver['accuracy_simulated']:.4f}"
         lines.append("")
         if ver.get("task") == "regression":
-            agreement = (f"{ver['decisive_agreement'] * 100:.2f}% of samples within {ver['tolerance']:.3g} "
-                         f"(2% of the output range, or 2 LSBs of the output type), relative error {ver['relative_error'] or 0:.3g}")
+            agreement = (
+                f"{ver['decisive_agreement'] * 100:.2f}% of samples within {ver['tolerance']:.3g} "
+                f"(2% of the output range, or 2 LSBs of the output type), relative error {ver['relative_error'] or 0:.3g}"
+            )
         else:
             agreement = f"argmax agreement {ver['argmax_agreement'] * 100:.2f}%"
         lines.append(

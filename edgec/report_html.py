@@ -264,15 +264,32 @@ def _headline(totals: dict) -> list[dict]:
     edp = _num(totals.get("edp"))
     ii = totals.get("ii")
     cards = [
-        {"id": "latency", "label": "Latency", "value": f"{latency} \u00b5s" if latency else None,
-         "note": f"{cycles:,} cycles" if cycles is not None else ""},
+        {
+            "id": "latency",
+            "label": "Latency",
+            "value": f"{latency} \u00b5s" if latency else None,
+            "note": f"{cycles:,} cycles" if cycles is not None else "",
+        },
         {"id": "ii", "label": "Initiation interval", "value": f"{ii:,} cycles" if ii is not None else None, "note": "between inputs"},
-        {"id": "throughput", "label": "Throughput", "value": f"{_num(totals['throughput_fps'])} fps" if totals.get("throughput_fps") is not None else None,
-         "note": "inferences per second"},
+        {
+            "id": "throughput",
+            "label": "Throughput",
+            "value": f"{_num(totals['throughput_fps'])} fps" if totals.get("throughput_fps") is not None else None,
+            "note": "inferences per second",
+        },
         {"id": "energy", "label": "Energy", "value": f"{energy} \u00b5J" if energy else None, "note": "per inference"},
-        {"id": "edp", "label": "Energy-delay product", "value": f"{edp} {units.get('edp', 'uJ*us')}" if edp else None, "note": "lower is better"},
-        {"id": "bottleneck", "label": "Bottleneck layer", "value": (totals["bottleneck"] or "none") if "bottleneck" in totals else None,
-         "note": "slowest stage" if totals.get("bottleneck") else ""},
+        {
+            "id": "edp",
+            "label": "Energy-delay product",
+            "value": f"{edp} {units.get('edp', 'uJ*us')}" if edp else None,
+            "note": "lower is better",
+        },
+        {
+            "id": "bottleneck",
+            "label": "Bottleneck layer",
+            "value": (totals["bottleneck"] or "none") if "bottleneck" in totals else None,
+            "note": "slowest stage" if totals.get("bottleneck") else "",
+        },
     ]
     for card in cards:
         if card["value"] is None:
@@ -297,13 +314,18 @@ def _verification(ver: dict | None) -> dict | None:
         ("Data", ver.get("data") or "-"),
         ("Samples", _num(ver.get("n_samples")) or "-"),
         ("Argmax agreement", _pct(agreement, 2) or "-"),
-        ("Decisive agreement", (_pct(decisive, 2) or "-") + (f" (excluding {ver['near_ties']} near-tie(s))" if ver.get("near_ties") else "")),
+        (
+            "Decisive agreement",
+            (_pct(decisive, 2) or "-") + (f" (excluding {ver['near_ties']} near-tie(s))" if ver.get("near_ties") else ""),
+        ),
         ("Required agreement", _pct(threshold, 2) or "-"),
         ("Max abs error", f"{ver['max_abs_error']:.3g}" if ver.get("max_abs_error") is not None else "-"),
     ]
     if ver.get("accuracy_reference") is not None:
         simulated = ver.get("accuracy_simulated")
-        rows.append(("Accuracy: reference / C-sim", f"{ver['accuracy_reference']:.4f} / " + (f"{simulated:.4f}" if simulated is not None else "-")))
+        rows.append(
+            ("Accuracy: reference / C-sim", f"{ver['accuracy_reference']:.4f} / " + (f"{simulated:.4f}" if simulated is not None else "-"))
+        )
     else:
         rows.append(("Accuracy", "no labels given"))
     rows.append(("First diverging layer", f"{div['layer']} (max abs error {div['max_abs_error']:.3g})" if div else "none"))
@@ -323,32 +345,62 @@ def render_html(report: dict) -> str:
     cost_model = report.get("cost_model")
 
     figures = [
-        {"id": "fig-cycles", "title": "Latency per layer", "img": _fig_cycles(layers, bottleneck),
-         "caption": "Estimated latency of each layer in clock cycles (black tick: initiation interval); the bottleneck layer is highlighted."},
-        {"id": "fig-resources", "title": "Resources against the board", "img": _fig_resources(util_rows),
-         "caption": f"Estimated use of each FPGA resource as a share of {target.get('name', 'the target')} ({target.get('part', '')}); the dashed line is 100%."},
-        {"id": "fig-energy", "title": "Energy per inference", "img": _fig_energy(layers, totals),
-         "caption": "Estimated energy split into compute, memory, I/O and static (leakage over the latency) parts."},
-        {"id": "fig-work", "title": "Work per layer", "img": _fig_work(layers),
-         "caption": "Multiply-accumulates per inference and parameters of each layer (from the model, not estimated)."},
+        {
+            "id": "fig-cycles",
+            "title": "Latency per layer",
+            "img": _fig_cycles(layers, bottleneck),
+            "caption": "Estimated latency of each layer in clock cycles (black tick: initiation interval); the bottleneck layer is highlighted.",
+        },
+        {
+            "id": "fig-resources",
+            "title": "Resources against the board",
+            "img": _fig_resources(util_rows),
+            "caption": f"Estimated use of each FPGA resource as a share of {target.get('name', 'the target')} ({target.get('part', '')}); the dashed line is 100%.",
+        },
+        {
+            "id": "fig-energy",
+            "title": "Energy per inference",
+            "img": _fig_energy(layers, totals),
+            "caption": "Estimated energy split into compute, memory, I/O and static (leakage over the latency) parts.",
+        },
+        {
+            "id": "fig-work",
+            "title": "Work per layer",
+            "img": _fig_work(layers),
+            "caption": "Multiply-accumulates per inference and parameters of each layer (from the model, not estimated).",
+        },
     ]
     partition = report.get("partition") or {}
     context = {
         "segments": [
-            {"name": seg["name"], "placement": seg["placement"], "nodes": ", ".join(seg["nodes"]),
-             "reasons": "; ".join(f"{k}: {v}" for k, v in (seg.get("reasons") or {}).items()),
-             "latency": _num(seg.get("latency_us")) or "-", "energy": _num(seg.get("energy_uj"), 3) or "-",
-             "library": seg.get("library") or seg.get("host_library") or "-"}
+            {
+                "name": seg["name"],
+                "placement": seg["placement"],
+                "nodes": ", ".join(seg["nodes"]),
+                "reasons": "; ".join(f"{k}: {v}" for k, v in (seg.get("reasons") or {}).items()),
+                "latency": _num(seg.get("latency_us")) or "-",
+                "energy": _num(seg.get("energy_uj"), 3) or "-",
+                "library": seg.get("library") or seg.get("host_library") or "-",
+            }
             for seg in partition.get("segments") or []
         ],
         "cpu_name": (target.get("cpu") or {}).get("name", "the board's CPU"),
         "break_even_metric": partition.get("break_even_metric", "energy"),
         "break_even": [
-            {"layer": row["layer"], "placement": row["placement"], "ratio": _pct(row.get("pruning_ratio")) or "-",
-             **{m: ("never" if row["break_even"].get(m) is None else _pct(row["break_even"][m])) for m in ("energy", "cycles", "resources")},
-             "form": row.get("implementation") or "-", "reason": row.get("reason") or "", "flagged": bool(row.get("below_break_even")),
-             "measured": _pct((row.get("measured_host_break_even") or {}).get("ratio")) or "-",
-             "measured_title": (row.get("measured_host_break_even") or {}).get("kernels", "")}
+            {
+                "layer": row["layer"],
+                "placement": row["placement"],
+                "ratio": _pct(row.get("pruning_ratio")) or "-",
+                **{
+                    m: ("never" if row["break_even"].get(m) is None else _pct(row["break_even"][m]))
+                    for m in ("energy", "cycles", "resources")
+                },
+                "form": row.get("implementation") or "-",
+                "reason": row.get("reason") or "",
+                "flagged": bool(row.get("below_break_even")),
+                "measured": _pct((row.get("measured_host_break_even") or {}).get("ratio")) or "-",
+                "measured_title": (row.get("measured_host_break_even") or {}).get("kernels", ""),
+            }
             for row in partition.get("break_even") or []
         ],
         "title": f"edgec report: {model_name} on {target.get('name', '?')}",
@@ -372,7 +424,9 @@ def render_html(report: dict) -> str:
         "verification": _verification(report.get("verification")),
         "warnings": [str(w) for w in report.get("warnings") or []],
         "decisions": [str(d) for d in report.get("decisions") or []],
-        "cost_model": None if not cost_model else {
+        "cost_model": None
+        if not cost_model
+        else {
             "version": str(cost_model.get("version") or "-"),
             "backend": str(cost_model.get("backend") or "-"),
             "part": str(cost_model.get("part") or "-"),

@@ -155,7 +155,9 @@ def load_target(name_or_path: str) -> Target:
     fpga = raw.get("fpga")
     cpu = _load_cpu(raw.get("cpu"))
     if not fpga and cpu is None:
-        raise UnknownTargetError(f"target file {path} has neither an 'fpga:' nor a 'cpu:' section", hint="see targets/*.yaml for the format")
+        raise UnknownTargetError(
+            f"target file {path} has neither an 'fpga:' nor a 'cpu:' section", hint="see targets/*.yaml for the format"
+        )
     res = fpga["resources"] if fpga else None
     return Target(
         name=raw["name"],

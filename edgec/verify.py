@@ -31,7 +31,10 @@ def batched_copy(model: ModelWrapper, n: int) -> ModelWrapper:
 
 
 def _needs_qonnx(model: ModelWrapper) -> bool:
-    return any((n.domain and ("qonnx" in n.domain or "brevitas" in n.domain or "finn" in n.domain)) or n.op_type in QUANTIZERS for n in model.graph.node)
+    return any(
+        (n.domain and ("qonnx" in n.domain or "brevitas" in n.domain or "finn" in n.domain)) or n.op_type in QUANTIZERS
+        for n in model.graph.node
+    )
 
 
 def model_outputs(model: ModelWrapper, x: np.ndarray, qonnx: bool | None = None) -> np.ndarray:
@@ -66,7 +69,10 @@ def tensor_values(model: ModelWrapper, x: np.ndarray, tensors: list[str]) -> dic
         return {t: np.asarray(context[t], dtype=np.float32).reshape(x.shape[0], *model.get_tensor_shape(t)[1:]) for t in wanted}
     except Exception:  # graphs with batch-1 constants: one sample at a time
         per_sample = [oxe.execute_onnx(model, {in_name: s[None]}, return_full_exec_context=True) for s in x]
-        return {t: np.concatenate([np.asarray(c[t], dtype=np.float32) for c in per_sample]).reshape(x.shape[0], *model.get_tensor_shape(t)[1:]) for t in wanted}
+        return {
+            t: np.concatenate([np.asarray(c[t], dtype=np.float32) for c in per_sample]).reshape(x.shape[0], *model.get_tensor_shape(t)[1:])
+            for t in wanted
+        }
 
 
 def reference_outputs(model: ModelWrapper, x: np.ndarray, is_qonnx: bool) -> tuple[np.ndarray, str]:
@@ -86,8 +92,13 @@ def output_task(model: ModelWrapper) -> str:
     return "classification" if len(shape) == 2 and size > 1 else "regression"
 
 
-def compare(reference: np.ndarray, simulated: np.ndarray, labels: np.ndarray | None, resolution: np.ndarray | float = 0.0,
-            task: str = "classification") -> dict:
+def compare(
+    reference: np.ndarray,
+    simulated: np.ndarray,
+    labels: np.ndarray | None,
+    resolution: np.ndarray | float = 0.0,
+    task: str = "classification",
+) -> dict:
     """Max abs error, argmax agreement and (with labels) both accuracies.
 
     ``argmax_agreement`` is strict. ``decisive_agreement`` leaves out near-ties: samples where the
@@ -117,12 +128,14 @@ def compare(reference: np.ndarray, simulated: np.ndarray, labels: np.ndarray | N
         # never finer than the design's own output resolution (two LSBs of its output type)
         tolerance = max(REGRESSION_TOLERANCE * span, float(np.max(resolution)) if np.size(resolution) else 0.0, 1e-9)
         within = np.max(np.abs(reference - simulated), axis=-1) <= tolerance
-        result.update({
-            "decisive_agreement": float(np.mean(within)) if within.size else 1.0,
-            "tolerance": tolerance,
-            "relative_error": float(result["max_abs_error"] / span) if span > 0 else None,
-            "near_ties": 0,
-        })
+        result.update(
+            {
+                "decisive_agreement": float(np.mean(within)) if within.size else 1.0,
+                "tolerance": tolerance,
+                "relative_error": float(result["max_abs_error"] / span) if span > 0 else None,
+                "near_ties": 0,
+            }
+        )
         return result
     if labels is not None:
         result["accuracy_reference"] = float(np.mean(reference.argmax(-1) == labels))

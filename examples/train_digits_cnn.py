@@ -50,8 +50,13 @@ def main() -> None:
     (HERE / "models").mkdir(exist_ok=True)
     (HERE / "data").mkdir(exist_ok=True)
     torch.onnx.export(
-        model, torch.zeros(1, 1, 8, 8), HERE / "models" / "digits_cnn.onnx", input_names=["image"], output_names=["logits"],
-        opset_version=13, dynamo=False,
+        model,
+        torch.zeros(1, 1, 8, 8),
+        HERE / "models" / "digits_cnn.onnx",
+        input_names=["image"],
+        output_names=["logits"],
+        opset_version=13,
+        dynamo=False,
     )
     np.savez_compressed(HERE / "data" / "digits_test.npz", x=x_test, y=y_test)
 

@@ -17,7 +17,11 @@ def test_api_accepts_modelproto_and_predicts(tmp_path, data_dir):
     proto = onnx.load(data_dir / "three_layer_pytorch.onnx")
     result = edgec.build(proto, target="pynq-z2", output_dir=tmp_path / "api")
     assert REPORT_KEYS <= set(result.report)
-    assert {k: result.report["target"][k] for k in ("name", "part", "clock_mhz")} == {"name": "pynq-z2", "part": "xc7z020clg400-1", "clock_mhz": 100.0}
+    assert {k: result.report["target"][k] for k in ("name", "part", "clock_mhz")} == {
+        "name": "pynq-z2",
+        "part": "xc7z020clg400-1",
+        "clock_mhz": 100.0,
+    }
     assert result.report["target"]["cpu"]["name"].startswith("ARM Cortex-A9")
     assert set(result.report["timings"]) == {"load", "partition", "convert", "compile", "verify", "estimate"}
     layer = result.report["layers"][0]
@@ -86,7 +90,11 @@ def test_api_takes_arrays_and_targets_the_board(tmp_path, data_dir):
     assert ver["n_samples"] == 60 and ver["accuracy_simulated"] == ver["accuracy_reference"]
     tcl = (tmp_path / "z" / "hls" / "project.tcl").read_text()
     assert 'set part "xczu7ev-ffvc1156-2-e"' in tcl and "set clock_period 5.0" in tcl
-    assert {k: result.report["target"][k] for k in ("name", "part", "clock_mhz")} == {"name": "zcu104", "part": "xczu7ev-ffvc1156-2-e", "clock_mhz": 200.0}
+    assert {k: result.report["target"][k] for k in ("name", "part", "clock_mhz")} == {
+        "name": "zcu104",
+        "part": "xczu7ev-ffvc1156-2-e",
+        "clock_mhz": 200.0,
+    }
 
 
 def test_multi_output_model_is_refused(tmp_path):
@@ -96,7 +104,8 @@ def test_multi_output_model_is_refused(tmp_path):
     from edgec.errors import UnsupportedOpsError
 
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Sigmoid", ["x"], ["b"])], "two",
+        [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Sigmoid", ["x"], ["b"])],
+        "two",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 4]), helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 4])],
     )

@@ -30,13 +30,27 @@ from edgec.errors import OptionError
 from edgec.targets import load_target
 
 
-def dense_layer(n_in: int = 16, n_out: int = 8, strategy: str = "resource", reuse_factor: int = 4, weight_bits: int = 8, seed: int = 0) -> LayerConfig:
+def dense_layer(
+    n_in: int = 16, n_out: int = 8, strategy: str = "resource", reuse_factor: int = 4, weight_bits: int = 8, seed: int = 0
+) -> LayerConfig:
     """A Dense layer with random ``weight_bits``-bit weights, 16-bit inputs, 24-bit accumulator."""
     codes = np.random.default_rng(seed).integers(-(2 ** (weight_bits - 1)) + 1, 2 ** (weight_bits - 1), size=(n_in, n_out))
     codes[codes == 0] = 1
     return LayerConfig(
-        name="fc", kind="dense", op="MatMul", output_tensor="y", in_shape=[n_in], out_shape=[n_out], strategy=strategy,
-        reuse_factor=reuse_factor, input_bits=16, result_bits=16, accum_bits=24, weight_bits=weight_bits, n_in=n_in, n_out=n_out,
+        name="fc",
+        kind="dense",
+        op="MatMul",
+        output_tensor="y",
+        in_shape=[n_in],
+        out_shape=[n_out],
+        strategy=strategy,
+        reuse_factor=reuse_factor,
+        input_bits=16,
+        result_bits=16,
+        accum_bits=24,
+        weight_bits=weight_bits,
+        n_in=n_in,
+        n_out=n_out,
         weight_codes=codes,
     )
 

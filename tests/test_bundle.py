@@ -49,17 +49,26 @@ def _mlp(with_softmax: bool = False) -> onnx.ModelProto:
     """Gemm(8->6) - Relu - Gemm(6->4) [- Softmax]."""
     rng = np.random.default_rng(0)
     weights = {
-        "W1": (rng.standard_normal((8, 6)) * 0.5).astype(np.float32), "b1": (rng.standard_normal(6) * 0.1).astype(np.float32),
-        "W2": (rng.standard_normal((6, 4)) * 0.5).astype(np.float32), "b2": (rng.standard_normal(4) * 0.1).astype(np.float32),
+        "W1": (rng.standard_normal((8, 6)) * 0.5).astype(np.float32),
+        "b1": (rng.standard_normal(6) * 0.1).astype(np.float32),
+        "W2": (rng.standard_normal((6, 4)) * 0.5).astype(np.float32),
+        "b2": (rng.standard_normal(4) * 0.1).astype(np.float32),
     }
-    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("Gemm", ["r", "W2", "b2"], ["logits"])]
+    nodes = [
+        helper.make_node("Gemm", ["x", "W1", "b1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Gemm", ["r", "W2", "b2"], ["logits"]),
+    ]
     out = "logits"
     if with_softmax:
         nodes.append(helper.make_node("Softmax", ["logits"], ["p"], axis=-1))
         out = "p"
-    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-                  [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, 4])], weights)
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, 4])],
+        weights,
+    )
 
 
 def _pointwise_conv() -> onnx.ModelProto:
@@ -67,8 +76,12 @@ def _pointwise_conv() -> onnx.ModelProto:
     rng = np.random.default_rng(1)
     weights = {"W": (rng.standard_normal((3, 2, 1, 1)) * 0.6).astype(np.float32), "B": (rng.standard_normal(3) * 0.1).astype(np.float32)}
     nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], kernel_shape=[1, 1]), helper.make_node("Relu", ["c"], ["y"])]
-    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 4])],
-                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 3, 4])], weights)
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 3, 4])],
+        weights,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +110,18 @@ def _segment_from_reports(build_dir: Path, name: str) -> BundleSegment:
     perm = meta["input_perm"]
     canonical_in = [meta["input_shape"][p] for p in perm] if perm else meta["input_shape"]
     return BundleSegment(
-        index=0, placement="fpga", name=name, input_shape=canonical_in[1:], output_shape=meta["canonical_output_shape"][1:],
-        input_perm=perm, output_perm=meta["output_perm"], project_dir="hls", top_function=meta["project_name"], io_type=report["io_type"],
-        input_type=(in_t.width, in_t.integer, in_t.signed), output_type=(out_t.width, out_t.integer, out_t.signed),
+        index=0,
+        placement="fpga",
+        name=name,
+        input_shape=canonical_in[1:],
+        output_shape=meta["canonical_output_shape"][1:],
+        input_perm=perm,
+        output_perm=meta["output_perm"],
+        project_dir="hls",
+        top_function=meta["project_name"],
+        io_type=report["io_type"],
+        input_type=(in_t.width, in_t.integer, in_t.signed),
+        output_type=(out_t.width, out_t.integer, out_t.signed),
     )
 
 
@@ -217,13 +239,23 @@ def test_bundle_names_part_ps_and_ip_and_tcl_parses(mlp_build, tmp_path):
     segment = _segment_from_reports(build_dir, "mlp")
     assert segment == fpga_segment_from_build(build_dir, name="mlp")
     seen = {}
-    for board, part, ps, hp_bits, period in (("pynq-z2", "xc7z020clg400-1", "processing_system7", 64, "10.0"),
-                                               ("zcu104", "xczu7ev-ffvc1156-2-e", "zynq_ultra_ps_e", 128, "5.0")):
+    for board, part, ps, hp_bits, period in (
+        ("pynq-z2", "xc7z020clg400-1", "processing_system7", 64, "10.0"),
+        ("zcu104", "xczu7ev-ffvc1156-2-e", "zynq_ultra_ps_e", 128, "5.0"),
+    ):
         files = render_bundle(build_dir, [segment], load_target(board), "mlp model")
         deploy = build_dir / "deploy"
         assert sorted(files) == sorted(p for p in deploy.rglob("*") if p.is_file())
         names = {p.name for p in files}
-        assert {"mlp_axis.cpp", "mlp_axis.h", "hls_mlp_axis.tcl", "vivado_mlp_model.tcl", "build.sh", "edgec_driver.py", "README.md"} == names
+        assert {
+            "mlp_axis.cpp",
+            "mlp_axis.h",
+            "hls_mlp_axis.tcl",
+            "vivado_mlp_model.tcl",
+            "build.sh",
+            "edgec_driver.py",
+            "README.md",
+        } == names
         hls_tcl = (deploy / "hls_mlp_axis.tcl").read_text()
         vivado_tcl = (deploy / "vivado_mlp_model.tcl").read_text()
         assert f"set_part {{{part}}}" in hls_tcl and f"create_clock -period {period}" in hls_tcl
@@ -324,15 +356,29 @@ def _compile_tvm_softmax(out_dir: Path, n: int) -> tuple[str, str]:
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
-    model = _model([helper.make_node("Softmax", ["z"], ["p"], axis=-1)], [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, n])],
-                   [helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, n])], {})
+    model = _model(
+        [helper.make_node("Softmax", ["z"], ["p"], axis=-1)],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, n])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, n])],
+        {},
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     executable = tvm.compile(from_onnx(model), target=tvm.target.Target({"kind": "llvm"}))
     library = out_dir / "softmax.host.so"
     executable.export_library(str(library))
-    sidecar = {"format": "edgec-cpu-library", "version": 1, "name": "softmax", "input_name": "z", "input_shape": [1, n],
-               "output_name": "p", "output_shape": [1, n], "dtype": "float32", "entry": "main", "tvm_version": tvm.__version__,
-               "host_library": library.name}
+    sidecar = {
+        "format": "edgec-cpu-library",
+        "version": 1,
+        "name": "softmax",
+        "input_name": "z",
+        "input_shape": [1, n],
+        "output_name": "p",
+        "output_shape": [1, n],
+        "dtype": "float32",
+        "entry": "main",
+        "tvm_version": tvm.__version__,
+        "host_library": library.name,
+    }
     (out_dir / "softmax.json").write_text(json.dumps(sidecar))
     return f"cpu/{library.name}", "cpu/softmax.json"
 
@@ -341,8 +387,17 @@ def test_fpga_then_cpu_chain_runs_tvm_on_the_cpu(mlp_build, monkeypatch):
     build_dir = mlp_build.output_dir
     fpga = _segment_from_reports(build_dir, "mlp")
     library, sidecar = _compile_tvm_softmax(build_dir / "cpu", 4)
-    cpu = BundleSegment(index=1, placement="cpu", name="softmax", input_shape=[4], output_shape=[4], input_perm=None, output_perm=None,
-                        library=library, library_meta=sidecar)
+    cpu = BundleSegment(
+        index=1,
+        placement="cpu",
+        name="softmax",
+        input_shape=[4],
+        output_shape=[4],
+        input_perm=None,
+        output_perm=None,
+        library=library,
+        library_meta=sidecar,
+    )
     files = render_bundle(build_dir, [fpga, cpu], load_target("pynq-z2"), "mlp_softmax")
     assert build_dir / "deploy" / "cpu" / "softmax.host.so" in files
     assert "TVM runtime" in (build_dir / "deploy" / "README.md").read_text()
@@ -354,8 +409,14 @@ def test_fpga_then_cpu_chain_runs_tvm_on_the_cpu(mlp_build, monkeypatch):
     # the CPU half equals onnxruntime's softmax of what the FPGA half computed...
     logits = mlp_build.predict(x).astype(np.float32)
     softmax = onnx.helper.make_node("Softmax", ["z"], ["p"], axis=-1)
-    session = ort.InferenceSession(_model([softmax], [helper.make_tensor_value_info("z", TensorProto.FLOAT, [12, 4])],
-                                          [helper.make_tensor_value_info("p", TensorProto.FLOAT, [12, 4])], {}).SerializeToString())
+    session = ort.InferenceSession(
+        _model(
+            [softmax],
+            [helper.make_tensor_value_info("z", TensorProto.FLOAT, [12, 4])],
+            [helper.make_tensor_value_info("p", TensorProto.FLOAT, [12, 4])],
+            {},
+        ).SerializeToString()
+    )
     np.testing.assert_allclose(y, session.run(None, {"z": logits})[0], rtol=1e-5, atol=1e-7)
     # ... and the whole chain follows the float model (MLP + Softmax) in onnxruntime
     full = ort.InferenceSession(_mlp(with_softmax=True).SerializeToString())
@@ -367,8 +428,17 @@ def test_fpga_then_cpu_chain_runs_tvm_on_the_cpu(mlp_build, monkeypatch):
 def test_cpu_only_chain_needs_no_pynq_and_no_bitstream(mlp_build, monkeypatch):
     build_dir = mlp_build.output_dir
     library, sidecar = _compile_tvm_softmax(build_dir / "cpu", 4)
-    cpu = BundleSegment(index=0, placement="cpu", name="softmax", input_shape=[4], output_shape=[4], input_perm=None, output_perm=None,
-                        library=library, library_meta=sidecar)
+    cpu = BundleSegment(
+        index=0,
+        placement="cpu",
+        name="softmax",
+        input_shape=[4],
+        output_shape=[4],
+        input_perm=None,
+        output_perm=None,
+        library=library,
+        library_meta=sidecar,
+    )
     files = render_bundle(build_dir, [cpu], load_target("pynq-z2"), "softmax_only")
     assert not [p for p in files if p.suffix in (".tcl", ".cpp", ".sh")]
     driver = _load_driver(build_dir / "deploy", monkeypatch, None)  # importing pynq would fail
@@ -406,10 +476,21 @@ typedef ap_fixed<6, 9, AP_RND_CONV, AP_WRAP> t13; EDGEC_PROBE(p13, t13, 6)
 typedef ap_fixed<32, 12, AP_RND, AP_SAT> t14; EDGEC_PROBE(p14, t14, 32)
 """
 _PROBE_TYPES = [  # (width, integer, signed, rounding, saturation), as in the source above
-    (8, 3, True, "TRN", "SAT"), (8, 3, True, "TRN_ZERO", "SAT"), (8, 3, True, "RND", "SAT"), (8, 3, True, "RND_ZERO", "SAT"),
-    (8, 3, True, "RND_MIN_INF", "SAT"), (8, 3, True, "RND_INF", "SAT"), (8, 3, True, "RND_CONV", "SAT"), (8, 3, True, "RND", "WRAP"),
-    (8, 3, True, "RND", "SAT_ZERO"), (8, 3, True, "RND", "SAT_SYM"), (6, 2, False, "RND_CONV", "SAT"), (6, 2, False, "TRN", "WRAP"),
-    (6, -2, True, "RND", "SAT"), (6, 9, True, "RND_CONV", "WRAP"), (32, 12, True, "RND", "SAT"),
+    (8, 3, True, "TRN", "SAT"),
+    (8, 3, True, "TRN_ZERO", "SAT"),
+    (8, 3, True, "RND", "SAT"),
+    (8, 3, True, "RND_ZERO", "SAT"),
+    (8, 3, True, "RND_MIN_INF", "SAT"),
+    (8, 3, True, "RND_INF", "SAT"),
+    (8, 3, True, "RND_CONV", "SAT"),
+    (8, 3, True, "RND", "WRAP"),
+    (8, 3, True, "RND", "SAT_ZERO"),
+    (8, 3, True, "RND", "SAT_SYM"),
+    (6, 2, False, "RND_CONV", "SAT"),
+    (6, 2, False, "TRN", "WRAP"),
+    (6, -2, True, "RND", "SAT"),
+    (6, 9, True, "RND_CONV", "WRAP"),
+    (32, 12, True, "RND", "SAT"),
 ]
 
 
@@ -419,7 +500,9 @@ def test_driver_rounds_and_saturates_like_ap_fixed(mlp_build, tmp_path, monkeypa
     firmware = mlp_build.output_dir / "hls" / "firmware"
     source, library = tmp_path / "probe.cpp", tmp_path / "probe.so"
     source.write_text(_PROBE_SOURCE)
-    subprocess.run(["g++", "-std=c++14", "-O1", "-shared", "-fPIC", f"-I{firmware / 'ap_types'}", str(source), "-o", str(library)], check=True)
+    subprocess.run(
+        ["g++", "-std=c++14", "-O1", "-shared", "-fPIC", f"-I{firmware / 'ap_types'}", str(source), "-o", str(library)], check=True
+    )
     probe = ctypes.cdll.LoadLibrary(str(library))
     render_bundle(mlp_build.output_dir, [fpga_segment_from_build(mlp_build.output_dir)], load_target("pynq-z2"), "m")
     driver = _load_driver(mlp_build.output_dir / "deploy", monkeypatch, None)
@@ -427,7 +510,7 @@ def test_driver_rounds_and_saturates_like_ap_fixed(mlp_build, tmp_path, monkeypa
     for k, (width, integer, signed, rounding, saturation) in enumerate(_PROBE_TYPES):
         lsb = 2.0 ** (integer - width)
         ties = (np.arange(-600, 601) / 2.0) * lsb  # every half step: exact ties for every rounding mode
-        values = np.concatenate([ties, rng.standard_normal(400) * 2.0 ** integer, [0.0, -0.0, 1e9, -1e9, 3.3e5 * lsb]]).astype(np.float32)
+        values = np.concatenate([ties, rng.standard_normal(400) * 2.0**integer, [0.0, -0.0, 1e9, -1e9, 3.3e5 * lsb]]).astype(np.float32)
         values = values.astype(np.float64)
         codes = np.zeros(values.size, dtype=np.int64)
         function = getattr(probe, f"p{k}")

@@ -120,14 +120,25 @@ def test_verification_failure_exits_3_and_names_layer(tmp_path, data_dir):
 
 
 def test_hostile_names_are_sanitized(tmp_path):
-    names = {"x": "in'put; rm -rf /", "w": "../../w eight\"", "b": "b;ias", "mm": "mat mul'; DROP", "add": "../add",
-             "relu": "re\"lu", "out": "out put;"}
+    names = {
+        "x": "in'put; rm -rf /",
+        "w": '../../w eight"',
+        "b": "b;ias",
+        "mm": "mat mul'; DROP",
+        "add": "../add",
+        "relu": 're"lu',
+        "out": "out put;",
+    }
     path = tmp_path / "weird names.onnx"
     onnx.save(dense_model(names=names), path)
     out = tmp_path / "out"
     proc = run("build", path, "-o", out)
     assert proc.returncode == 0, proc.stderr
-    generated = [p for p in (out / "hls").rglob("*") if p.suffix in (".cpp", ".h", ".tcl", ".sh") and "nnet_utils" not in p.parts and "ap_types" not in p.parts]
+    generated = [
+        p
+        for p in (out / "hls").rglob("*")
+        if p.suffix in (".cpp", ".h", ".tcl", ".sh") and "nnet_utils" not in p.parts and "ap_types" not in p.parts
+    ]
     assert generated
     for file in generated:
         text = file.read_text(errors="replace")
@@ -138,7 +149,13 @@ def test_hostile_names_are_sanitized(tmp_path):
 def test_targets_and_inspect(data_dir):
     proc = run("targets")
     assert proc.returncode == 0
-    for board, part in [("pynq-z2", "xc7z020clg400-1"), ("zcu104", "xczu7ev"), ("ultra96v2", "xczu3eg"), ("kv260", "xck26"), ("arty-a7-100t", "xc7a100t")]:
+    for board, part in [
+        ("pynq-z2", "xc7z020clg400-1"),
+        ("zcu104", "xczu7ev"),
+        ("ultra96v2", "xczu3eg"),
+        ("kv260", "xck26"),
+        ("arty-a7-100t", "xc7a100t"),
+    ]:
         assert board in proc.stdout and part in proc.stdout
     info = run("inspect", data_dir / "TFC_2W2A.onnx")
     assert info.returncode == 0

@@ -40,8 +40,16 @@ def test_manifest_lists_every_model_file():
         assert (CORPUS / entry["file"]).is_file(), entry["name"]
         assert entry["split"] in ("dev", "check")
     families = {entry["family"] for entry in MANIFEST}
-    assert {"tf2onnx-keras2", "torch-torchscript", "torch-dynamo", "qkeras-qonnx", "brevitas-qonnx", "brevitas-qcdq", "ort-qdq",
-            "ort-qoperator"} <= families
+    assert {
+        "tf2onnx-keras2",
+        "torch-torchscript",
+        "torch-dynamo",
+        "qkeras-qonnx",
+        "brevitas-qonnx",
+        "brevitas-qcdq",
+        "ort-qdq",
+        "ort-qoperator",
+    } <= families
 
 
 @pytest.mark.parametrize("name", sorted(BY_NAME))

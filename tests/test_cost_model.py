@@ -61,7 +61,9 @@ def test_every_layer_of_the_example_and_peers_is_estimated_on_every_target(targe
 def test_estimate_cli_json_is_only_json_and_carries_the_totals():
     proc = subprocess.run(
         [sys.executable, "-m", "edgec", "estimate", str(EXAMPLE), "--target", "pynq-z2", "--json"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     report = json.loads(proc.stdout)
     assert isinstance(report["totals"]["cycles"], int)
@@ -72,7 +74,9 @@ def test_estimate_cli_json_is_only_json_and_carries_the_totals():
 def test_overrides_reproduce_a_published_configuration(data_dir):
     model = data_dir / "costval" / "models" / "Vivado-2020.1-report_dense16to5_relu_stream_z7020.onnx"
     base = estimate(model, target="zcu104", options=DesignOptions(precision="fixed<16,6>", io_type="io_stream"))
-    z7020 = estimate(model, target="zcu104", options=DesignOptions(part="xc7z020clg400-1", clock_ns=5, precision="fixed<16,6>", io_type="io_stream"))
+    z7020 = estimate(
+        model, target="zcu104", options=DesignOptions(part="xc7z020clg400-1", clock_ns=5, precision="fixed<16,6>", io_type="io_stream")
+    )
     assert z7020["target"]["part"] == "xc7z020clg400-1" and z7020["totals"]["available"]["dsp"] == 220
     # the slower 7-series part pipelines the products through the DSP registers: more cycles
     assert z7020["totals"]["cycles"] > base["totals"]["cycles"]
@@ -127,7 +131,9 @@ def test_zero_weights_are_free_where_the_implementation_skips_them():
 
 def test_a_design_over_the_board_is_flagged():
     weights = np.random.default_rng(1).uniform(-1, 1, (256, 128))
-    report = estimate(_dense_model(weights), target="pynq-z2", options=DesignOptions(strategy="latency", reuse_factor=1, precision="fixed<16,6>"))
+    report = estimate(
+        _dense_model(weights), target="pynq-z2", options=DesignOptions(strategy="latency", reuse_factor=1, precision="fixed<16,6>")
+    )
     assert report["totals"]["utilization"]["dsp"] > 1.0
     assert any("DSP" in w and "exceeds" in w for w in report["warnings"])
     # left to itself, the configurator raises the reuse factor until the design fits
@@ -138,7 +144,9 @@ def test_a_design_over_the_board_is_flagged():
 
 def test_build_reports_the_same_cost_as_estimate(data_dir, tmp_path):
     model = data_dir / "three_layer_keras.onnx"
-    built = edgec.build(model, target="pynq-z2", output_dir=tmp_path / "b", data=np.random.default_rng(0).uniform(-1, 1, (64, 16)).astype(np.float32))
+    built = edgec.build(
+        model, target="pynq-z2", output_dir=tmp_path / "b", data=np.random.default_rng(0).uniform(-1, 1, (64, 16)).astype(np.float32)
+    )
     report = json.loads((tmp_path / "b" / "report.json").read_text())
     assert report == built.report
     for layer in report["layers"]:
@@ -155,7 +163,20 @@ def test_build_reports_the_same_cost_as_estimate(data_dir, tmp_path):
 def test_build_with_overrides_reproduces_the_published_design(data_dir, tmp_path):
     """hls4ml's z7020 report design: Dense(16->5)+ReLU, io_stream, fixed<16,6> everywhere, 5 ns, Vivado."""
     model = data_dir / "costval" / "models" / "Vivado-2020.1-report_dense16to5_relu_stream_z7020.onnx"
-    flags = ["--target", "zcu104", "--part", "xc7z020clg400-1", "--clock-ns", "5", "--backend", "vivado", "--io-type", "io_stream", "--precision", "fixed<16,6>"]
+    flags = [
+        "--target",
+        "zcu104",
+        "--part",
+        "xc7z020clg400-1",
+        "--clock-ns",
+        "5",
+        "--backend",
+        "vivado",
+        "--io-type",
+        "io_stream",
+        "--precision",
+        "fixed<16,6>",
+    ]
     out = tmp_path / "z7020"
     proc = subprocess.run([sys.executable, "-m", "edgec", "build", str(model), *flags, "-o", str(out)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -165,7 +186,11 @@ def test_build_with_overrides_reproduces_the_published_design(data_dir, tmp_path
     assert "accum_t;" in defines and "ap_fixed<16,6> Dense_MatMul_0_accum_t" in defines
     assert "ap_fixed<16,6>, 5*1> Dense_MatMul_0_result_t" in defines
     report = json.loads((out / "report.json").read_text())
-    est = json.loads(subprocess.run([sys.executable, "-m", "edgec", "estimate", str(model), *flags, "--json"], capture_output=True, text=True, check=True).stdout)
+    est = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "edgec", "estimate", str(model), *flags, "--json"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert report["totals"]["cycles"] == est["totals"]["cycles"] and report["totals"]["resources"] == est["totals"]["resources"]
     # the published synthesis: 10 cycles, II 8, 73 DSP (tests/data/costval)
     assert abs(report["totals"]["cycles"] - 10) <= 2 and abs(report["totals"]["resources"]["dsp"] - 73) <= 0.25 * 73

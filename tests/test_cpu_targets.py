@@ -38,7 +38,9 @@ ARCH_TO_ELF = {"armv7a": "ARM", "aarch64": "AArch64", "x86_64": "X86-64"}
 def test_cpu_only_targets_load_without_fpga(name):
     target = load_target(name)
     assert not target.has_fpga
-    assert target.part is None and target.resources is None and target.clock_mhz is None and target.family is None and target.dsp_kind is None
+    assert (
+        target.part is None and target.resources is None and target.clock_mhz is None and target.family is None and target.dsp_kind is None
+    )
     assert target.to_report() == {"name": name, "part": None, "clock_mhz": None}
     with pytest.raises(UnknownTargetError, match="has no FPGA"):
         _ = target.clock_period_ns
@@ -49,7 +51,11 @@ def test_cpu_only_targets_load_without_fpga(name):
 
 def test_board_cpu_data():
     rpi4, a9 = load_target("rpi4").cpu, load_target("cortex-a9").cpu
-    assert rpi4.tvm_target == {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"} and rpi4.cores == 4 and rpi4.clock_mhz == 1500
+    assert (
+        rpi4.tvm_target == {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}
+        and rpi4.cores == 4
+        and rpi4.clock_mhz == 1500
+    )
     assert a9.tvm_target["mfloat-abi"] == "hard" and a9.tvm_target["mattr"] == ["+neon"] and a9.clock_mhz == 667
     for target in list_targets():
         if target.cpu is None:
@@ -170,7 +176,11 @@ def test_node_costs_of_a_float_cnn():
     assert list(entries) == ["conv", "relu", "pool", "flatten", "fc", "softmax"]
     assert entries["conv"]["macs"] == 8 * 30 * 30 * 3 * 3 * 3 and entries["fc"]["macs"] == 1800 * 10
     assert entries["conv"]["bytes"] == 4 * (8 * 27 + 3 * 32 * 32 + 8 * 30 * 30)
-    assert entries["relu"]["elements"] == 8 * 30 * 30 and entries["pool"]["elements"] == 8 * 15 * 15 * 4 and entries["softmax"]["elements"] == 10
+    assert (
+        entries["relu"]["elements"] == 8 * 30 * 30
+        and entries["pool"]["elements"] == 8 * 15 * 15 * 4
+        and entries["softmax"]["elements"] == 10
+    )
     assert entries["flatten"]["cycles"] == 0  # a view in TVM
     for e in entries.values():
         assert e["latency_us"] == pytest.approx(e["cycles"] / 1500) and e["energy_uj"] == pytest.approx(0.93 * e["latency_us"])
@@ -190,7 +200,13 @@ def test_node_costs_count_the_macs_qonnx_counts(name, data_dir, tmp_path):
     model.save(str(path))
     expected = inference_cost(str(path), output_json=None, output_onnx=None, preprocess=True, discount_sparsity=False)
     assert sum(e["macs"] for e in entries) == expected["total_cost"]["total_macs"] > 0
-    weight_quantizers = [e for e, n in zip(entries, model.graph.node) if n.op_type in ("Quant", "BipolarQuant") and model.get_initializer(n.input[0]) is not None]
+    weight_quantizers = [
+        e
+        for e, n in zip(entries, model.graph.node)
+        if n.op_type in ("Quant", "BipolarQuant") and model.get_initializer(n.input[0]) is not None
+    ]
     assert weight_quantizers and all(e["cycles"] == 0 for e in weight_quantizers)
-    activation_quantizers = [e for e, n in zip(entries, model.graph.node) if n.op_type in ("Quant", "BipolarQuant") and e not in weight_quantizers]
+    activation_quantizers = [
+        e for e, n in zip(entries, model.graph.node) if n.op_type in ("Quant", "BipolarQuant") and e not in weight_quantizers
+    ]
     assert activation_quantizers and all(e["elements"] > 0 and e["cycles"] > DISPATCH_CYCLES for e in activation_quantizers)

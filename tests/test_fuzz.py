@@ -39,7 +39,20 @@ BASE_MODELS = [
     "ort_qdq_s8_perchannel_mlp_view",
     "keras3_export_mlp_dropout",
 ]
-HOSTILE_NAMES = ["", " ", "a b", 'q"uote', "semi;colon", "../../etc/passwd", "ünïcødé", "x" * 300, "$(rm -rf /)", "0start", "new\nline", "dup"]
+HOSTILE_NAMES = [
+    "",
+    " ",
+    "a b",
+    'q"uote',
+    "semi;colon",
+    "../../etc/passwd",
+    "ünïcødé",
+    "x" * 300,
+    "$(rm -rf /)",
+    "0start",
+    "new\nline",
+    "dup",
+]
 
 
 def _load(name: str) -> onnx.ModelProto:
@@ -70,11 +83,30 @@ def mutate(model: onnx.ModelProto, rng: random.Random) -> tuple[str, bytes]:
     """One random mutation of ``model``; returns (kind, serialized bytes)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    kind = rng.choice([
-        "truncate", "flip", "rename_tensor", "rename_node", "drop_node", "drop_initializer", "rewire", "attribute", "opset",
-        "input_shape", "elem_type", "weights", "duplicate_node", "outputs", "inputs", "op_type", "ir_version", "external",
-        "empty_graph", "value_info",
-    ])
+    kind = rng.choice(
+        [
+            "truncate",
+            "flip",
+            "rename_tensor",
+            "rename_node",
+            "drop_node",
+            "drop_initializer",
+            "rewire",
+            "attribute",
+            "opset",
+            "input_shape",
+            "elem_type",
+            "weights",
+            "duplicate_node",
+            "outputs",
+            "inputs",
+            "op_type",
+            "ir_version",
+            "external",
+            "empty_graph",
+            "value_info",
+        ]
+    )
     nodes = list(m.graph.node)
     if kind in ("truncate", "flip"):
         data = bytearray(m.SerializeToString())

@@ -24,8 +24,15 @@ FIGURE_IDS = ["fig-cycles", "fig-resources", "fig-energy", "fig-work"]
 COST_FIGURES = ["fig-cycles", "fig-resources", "fig-energy"]
 # Without the background-networking/component/sync flags Chromium waits on the closed network.
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
 ]
 CHROMIUM_TIMEOUT_S = 120
 PARAMS_BAR_RGB = (0x55, 0xA8, 0x68)  # fig-work's parameter bars: drawn only inside a matplotlib PNG
@@ -244,20 +251,37 @@ def test_render_with_cost_fields(build_dir):
     parts = ("compute", "memory", "io", "static")
     for i, layer in enumerate(report["layers"]):
         layer.update(
-            cycles=10 + 5 * i, ii=2 + i, latency_ns=(10 + 5 * i) * 10.0,
+            cycles=10 + 5 * i,
+            ii=2 + i,
+            latency_ns=(10 + 5 * i) * 10.0,
             resources={"lut": 100 * (i + 1), "ff": 150 * (i + 1), "dsp": 2 * i, "bram18": i % 2},
-            energy_nj=4.0 + i, energy_breakdown_nj=dict(zip(parts, (1.0 + i, 1.5, 0.5, 1.0))),
+            energy_nj=4.0 + i,
+            energy_breakdown_nj=dict(zip(parts, (1.0 + i, 1.5, 0.5, 1.0))),
         )
     used = {"lut": 1000, "ff": 1500, "dsp": 250, "bram18": 3}
     available = {"lut": 53200, "ff": 106400, "dsp": 220, "bram18": 280}
     bottleneck = report["layers"][-1]["name"]
     report["totals"] = {
-        "cycles": 1234, "latency_us": 12.34, "ii": 56, "throughput_fps": 1.0e8 / 56,
-        "resources": used, "available": available, "utilization": {k: used[k] / available[k] for k in used},
-        "energy_uj": 0.05, "energy_breakdown_uj": dict(zip(parts, (0.02, 0.015, 0.005, 0.01))),
-        "edp": 0.617, "units": {"edp": "uJ*us"}, "bottleneck": bottleneck,
+        "cycles": 1234,
+        "latency_us": 12.34,
+        "ii": 56,
+        "throughput_fps": 1.0e8 / 56,
+        "resources": used,
+        "available": available,
+        "utilization": {k: used[k] / available[k] for k in used},
+        "energy_uj": 0.05,
+        "energy_breakdown_uj": dict(zip(parts, (0.02, 0.015, 0.005, 0.01))),
+        "edp": 0.617,
+        "units": {"edp": "uJ*us"},
+        "bottleneck": bottleneck,
     }
-    report["cost_model"] = {"version": "test", "sources": ["UG479 <DSP48E1>"], "clock_ns": 10.0, "backend": "Vivado", "part": "xc7z020clg400-1"}
+    report["cost_model"] = {
+        "version": "test",
+        "sources": ["UG479 <DSP48E1>"],
+        "clock_ns": 10.0,
+        "backend": "Vivado",
+        "part": "xc7z020clg400-1",
+    }
     report["warnings"] = ["DSP at 114% of pynq-z2 <script>alert(1)</script>"]
 
     html = render_html(report)

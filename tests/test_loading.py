@@ -24,7 +24,11 @@ def gemm6_model() -> onnx.ModelProto:
     # IR 3 requires every initializer to be listed as a graph input too, as old exporters did
     inputs += [helper.make_tensor_value_info(t.name, TensorProto.FLOAT, list(t.dims)) for t in (w, b)]
     graph = helper.make_graph(
-        [node, relu], "old", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], initializer=[w, b],
+        [node, relu],
+        "old",
+        inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        initializer=[w, b],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)], ir_version=3)
 
@@ -58,16 +62,20 @@ def test_external_data_outside_model_folder_is_refused(tmp_path):
     onnx.save(proto, inner / "evil.onnx")
     with pytest.raises(UnsafeModelError, match="outside the model's folder"):
         load_model(inner / "evil.onnx")
-    proc = subprocess.run([sys.executable, "-m", "edgec", "build", str(inner / "evil.onnx"), "-o", str(tmp_path / "o")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgec", "build", str(inner / "evil.onnx"), "-o", str(tmp_path / "o")], capture_output=True, text=True
+    )
     assert proc.returncode == 18 and "Traceback" not in proc.stderr
 
 
 def test_dynamic_batch_is_fixed_and_other_dims_refused():
     w = numpy_helper.from_array(np.ones((4, 2), np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])], initializer=[w],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        initializer=[w],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     loaded = load_model(model)

@@ -47,8 +47,11 @@ def bnn_with_batchnorm(seed=0) -> onnx.ModelProto:
         else:
             prev = f"mm{i}"
     graph = helper.make_graph(
-        nodes, "bnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, sizes[0]])],
-        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, sizes[-1]])], initializer=inits,
+        nodes,
+        "bnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, sizes[0]])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, sizes[-1]])],
+        initializer=inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(QONNX, 1)], ir_version=8)
 
@@ -68,7 +71,9 @@ def quantized_cnn(seed=1) -> onnx.ModelProto:
     bn, bn_inits = _bn("bn_c", 4, rng, "conv", "bn_out")
     inits += bn_inits
     nodes = [
-        helper.make_node("Quant", ["x", "s_half", "z0", "bits4"], ["xq"], domain=QONNX, name="in_q", signed=1, narrow=0, rounding_mode="ROUND"),
+        helper.make_node(
+            "Quant", ["x", "s_half", "z0", "bits4"], ["xq"], domain=QONNX, name="in_q", signed=1, narrow=0, rounding_mode="ROUND"
+        ),
         quant("wc_q", "wc", "wcq", 3),
         helper.make_node("Conv", ["xq", "wcq", "bc"], ["conv"], name="conv0", kernel_shape=[3, 3], pads=[0, 0, 0, 0]),
         bn,
@@ -78,8 +83,11 @@ def quantized_cnn(seed=1) -> onnx.ModelProto:
         helper.make_node("MatMul", ["flat", "wfq"], ["y"], name="fc"),
     ]
     graph = helper.make_graph(
-        nodes, "qcnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], initializer=inits,
+        nodes,
+        "qcnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+        initializer=inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(QONNX, 1)], ir_version=8)
 
@@ -119,7 +127,9 @@ def test_brevitas_float_scale_export_is_exact_where_quantized(tmp_path, data_dir
     # Brevitas 4-bit: float logits of integer accumulators times a float scale, within one LSB of the output type
     assert ver["bit_exact"] is True and ver["max_lsb_error"] <= 1.0
     last = result.report["layers"][-1]
-    assert last["precision"]["weight"].startswith("fixed<21,")  # enough fraction bits for the float scale (configure._output_exact_weight_type)
+    assert last["precision"]["weight"].startswith(
+        "fixed<21,"
+    )  # enough fraction bits for the float scale (configure._output_exact_weight_type)
     passes = {p["name"]: p.get("details", []) for p in result.report["passes"]}
     assert passes["edgec.QuantizerScalesToLevels"]  # the float scale moved into the next weights
     exact = [d for d in passes["edgec.ExactRequantization"] if "layer" in d]
@@ -136,5 +146,7 @@ def test_brevitas_cnn_with_maxpool_between_quantized_layers(tmp_path, data_dir):
     assert ver["argmax_agreement"] == 1.0 and ver["accuracy_simulated"] == ver["accuracy_reference"]
     assert ver["max_abs_error"] < 0.01  # without exact lowering: 0.48
     assert ver["bit_exact"] is True and ver["max_lsb_error"] <= 1.0
-    exact = [d["layer"] for d in next(p for p in result.report["passes"] if p["name"] == "edgec.ExactRequantization")["details"] if "layer" in d]
+    exact = [
+        d["layer"] for d in next(p for p in result.report["passes"] if p["name"] == "edgec.ExactRequantization")["details"] if "layer" in d
+    ]
     assert exact == ["Conv_0", "Conv_1"]

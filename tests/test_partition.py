@@ -31,8 +31,15 @@ def _init(name: str, value: np.ndarray):
 def gelu_mlp() -> onnx.ModelProto:
     """Dense 16->32, GELU written with Erf (an op hls4ml lacks), Dense 32->10, Softmax."""
     rng = np.random.default_rng(0)
-    inits = [_init("w1", rng.normal(0, 0.3, (32, 16))), _init("b1", rng.normal(0, 0.1, 32)), _init("w2", rng.normal(0, 0.3, (10, 32))),
-             _init("b2", rng.normal(0, 0.1, 10)), _init("sq", 1 / np.sqrt(2)), _init("one", 1.0), _init("half", 0.5)]
+    inits = [
+        _init("w1", rng.normal(0, 0.3, (32, 16))),
+        _init("b1", rng.normal(0, 0.1, 32)),
+        _init("w2", rng.normal(0, 0.3, (10, 32))),
+        _init("b2", rng.normal(0, 0.1, 10)),
+        _init("sq", 1 / np.sqrt(2)),
+        _init("one", 1.0),
+        _init("half", 0.5),
+    ]
     nodes = [
         helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1, name="fc1"),
         helper.make_node("Mul", ["h", "sq"], ["hs"], name="gelu_scale"),
@@ -43,22 +50,39 @@ def gelu_mlp() -> onnx.ModelProto:
         helper.make_node("Gemm", ["g", "w2", "b2"], ["z"], transB=1, name="fc2"),
         helper.make_node("Softmax", ["z"], ["y"], axis=-1, name="softmax"),
     ]
-    graph = helper.make_graph(nodes, "gelu_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "gelu_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 
 
 def wide_mlp() -> onnx.ModelProto:
     """Dense 784->512 (401k float weights: more than pynq-z2's block RAM at any reuse factor), ReLU, Dense 512->10."""
     rng = np.random.default_rng(1)
-    inits = [_init("w1", rng.normal(0, 0.05, (784, 512))), _init("b1", np.zeros(512)), _init("w2", rng.normal(0, 0.1, (512, 10))), _init("b2", np.zeros(10))]
-    nodes = [
-        helper.make_node("MatMul", ["x", "w1"], ["m1"], name="big_fc"), helper.make_node("Add", ["m1", "b1"], ["a1"], name="big_bias"),
-        helper.make_node("Relu", ["a1"], ["r1"], name="relu"),
-        helper.make_node("MatMul", ["r1", "w2"], ["m2"], name="small_fc"), helper.make_node("Add", ["m2", "b2"], ["y"], name="small_bias"),
+    inits = [
+        _init("w1", rng.normal(0, 0.05, (784, 512))),
+        _init("b1", np.zeros(512)),
+        _init("w2", rng.normal(0, 0.1, (512, 10))),
+        _init("b2", np.zeros(10)),
     ]
-    graph = helper.make_graph(nodes, "wide_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 784])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["m1"], name="big_fc"),
+        helper.make_node("Add", ["m1", "b1"], ["a1"], name="big_bias"),
+        helper.make_node("Relu", ["a1"], ["r1"], name="relu"),
+        helper.make_node("MatMul", ["r1", "w2"], ["m2"], name="small_fc"),
+        helper.make_node("Add", ["m2", "b2"], ["y"], name="small_bias"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "wide_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 784])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 
 
@@ -66,17 +90,31 @@ def cnn_with_resize() -> onnx.ModelProto:
     """Conv-ReLU, a nearest-neighbour Resize (hls4ml's is wrong in C simulation), strided Conv-ReLU, Dense:
     the FPGA segments work channels-last, the CPU segment NCHW."""
     rng = np.random.default_rng(2)
-    inits = [_init("w1", rng.normal(0, 0.4, (4, 1, 3, 3))), _init("b1", rng.normal(0, 0.1, 4)), _init("scales", [1, 1, 2, 2]),
-             _init("w2", rng.normal(0, 0.3, (6, 4, 3, 3))), _init("b2", rng.normal(0, 0.1, 6)), _init("w3", rng.normal(0, 0.2, (5, 150))), _init("b3", np.zeros(5))]
+    inits = [
+        _init("w1", rng.normal(0, 0.4, (4, 1, 3, 3))),
+        _init("b1", rng.normal(0, 0.1, 4)),
+        _init("scales", [1, 1, 2, 2]),
+        _init("w2", rng.normal(0, 0.3, (6, 4, 3, 3))),
+        _init("b2", rng.normal(0, 0.1, 6)),
+        _init("w3", rng.normal(0, 0.2, (5, 150))),
+        _init("b3", np.zeros(5)),
+    ]
     nodes = [
-        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[3, 3], name="conv1"), helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[3, 3], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
         helper.make_node("Resize", ["r1", "", "scales"], ["u"], mode="nearest", name="upsample"),
         helper.make_node("Conv", ["u", "w2", "b2"], ["c2"], kernel_shape=[3, 3], strides=[2, 2], name="conv2"),
-        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"), helper.make_node("Flatten", ["r2"], ["f"], name="flatten"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Flatten", ["r2"], ["f"], name="flatten"),
         helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], transB=1, name="fc"),
     ]
-    graph = helper.make_graph(nodes, "cnn_resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "cnn_resize",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 
 
@@ -152,8 +190,11 @@ def test_partitioned_folder_has_board_libraries_and_resimulates(gelu_build, tmp_
     before = gelu_build.predict(x)
     moved = tmp_path / "moved"
     shutil.copytree(folder, moved)
-    proc = subprocess.run([sys.executable, "-m", "edgec", "simulate", str(moved), "--data", str(_save(tmp_path, x)), "--output", str(tmp_path / "y.npy")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgec", "simulate", str(moved), "--data", str(_save(tmp_path, x)), "--output", str(tmp_path / "y.npy")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy").reshape(before.shape), before)
     # the board bundle: one AXI-stream IP per FPGA segment in the block design, the ARM library beside the driver
@@ -210,8 +251,9 @@ def test_per_node_override_and_quantized_seams(tmp_path, data_dir):
     segments = split_segments(placed, atoms(placed))
     assert [s.placement for s in segments] == ["fpga", "cpu", "fpga"]
     mnist = np.load(data_dir / "mnist_test_300.npz")
-    result = edgec.build(data_dir / "TFC_2W2A.onnx", output_dir=tmp_path / "tfc", data=(mnist["x"][:150], mnist["y"][:150]),
-                         placement={"MatMul_32": "cpu"})
+    result = edgec.build(
+        data_dir / "TFC_2W2A.onnx", output_dir=tmp_path / "tfc", data=(mnist["x"][:150], mnist["y"][:150]), placement={"MatMul_32": "cpu"}
+    )
     ver = result.report["verification"]
     assert ver["reference"] == "qonnx execution"
     assert ver["argmax_agreement"] == 1.0 and ver["accuracy_simulated"] == ver["accuracy_reference"]
@@ -222,7 +264,21 @@ def test_cpu_only_target_builds_the_whole_model_with_tvm(tmp_path):
 
     out = tmp_path / "rpi"
     root = Path(__file__).resolve().parent.parent
-    assert main(["build", str(root / "examples/models/digits_cnn.onnx"), "--target", "rpi4", "--data", str(root / "examples/data/digits_test.npz"), "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "build",
+                str(root / "examples/models/digits_cnn.onnx"),
+                "--target",
+                "rpi4",
+                "--data",
+                str(root / "examples/data/digits_test.npz"),
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "report.json").read_text())
     assert [s["placement"] for s in report["partition"]["segments"]] == ["cpu"]
     assert report["target"]["part"] is None and report["target"]["cpu"]["name"].startswith("ARM Cortex-A72")

@@ -24,7 +24,13 @@ def test_peer_model_builds_and_verifies(name, data_dir, tmp_path):
         assert ver["bit_exact"] is True and ver["max_lsb_error"] == 0
     else:
         assert ver["bit_exact"] is None and ver["max_lsb_error"] is None  # float models have no grid to be exact on
-    assert (tmp_path / name / "hls" / "firmware" / f"{result.report['layers'] and json.loads((tmp_path / name / 'edgec.json').read_text())['project_name']}.cpp").is_file()
+    assert (
+        tmp_path
+        / name
+        / "hls"
+        / "firmware"
+        / f"{result.report['layers'] and json.loads((tmp_path / name / 'edgec.json').read_text())['project_name']}.cpp"
+    ).is_file()
     assert (tmp_path / name / "model.edgec.onnx").is_file()
     assert list((tmp_path / name / "hls" / "firmware").glob("*.so"))
     assert (tmp_path / name / "hls" / "build_prj.tcl").is_file()
@@ -33,8 +39,19 @@ def test_peer_model_builds_and_verifies(name, data_dir, tmp_path):
 def test_tfc_2w2a_csim_accuracy_equals_qonnx_on_mnist(data_dir, tmp_path):
     out = tmp_path / "tfc"
     proc = subprocess.run(
-        [sys.executable, "-m", "edgec", "build", str(data_dir / "TFC_2W2A.onnx"), "--data", str(data_dir / "mnist_test_300.npz"), "-o", str(out)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "edgec",
+            "build",
+            str(data_dir / "TFC_2W2A.onnx"),
+            "--data",
+            str(data_dir / "mnist_test_300.npz"),
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())

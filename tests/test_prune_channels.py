@@ -110,7 +110,10 @@ def _graph(nodes: list, inits: list, cin: int = 3) -> ModelWrapper:
 
 def _head(inp: str, channels: int, rng: np.random.Generator) -> tuple[list, list]:
     fc = numpy_helper.from_array(rng.normal(size=(10, channels * 36)).astype(np.float32), "fc_w")
-    nodes = [helper.make_node("Flatten", [inp], ["flat"], name="flatten"), helper.make_node("Gemm", ["flat", "fc_w"], ["y"], name="fc", transB=1)]
+    nodes = [
+        helper.make_node("Flatten", [inp], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc_w"], ["y"], name="fc", transB=1),
+    ]
     return nodes, [fc]
 
 

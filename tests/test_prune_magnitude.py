@@ -18,11 +18,25 @@ from edgec.passes.prune.magnitude import MagnitudePruning
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "models" / "digits_cnn.onnx"
 EXAMPLE_DATA = REPO / "examples" / "data" / "digits_test.npz"
-RECORD_KEYS = {"name", "params", "seconds", "ops_before", "ops_after", "params_before", "params_after", "accuracy_before", "accuracy_after", "layers"}
+RECORD_KEYS = {
+    "name",
+    "params",
+    "seconds",
+    "ops_before",
+    "ops_after",
+    "params_before",
+    "params_after",
+    "accuracy_before",
+    "accuracy_after",
+    "layers",
+}
 
 
 def test_spec_parsing_and_unknown_methods():
-    assert parse_prune_spec("magnitude:sparsity=0.5,scope=global,max_drop=1") == ("magnitude", {"sparsity": 0.5, "scope": "global", "max_drop": 1})
+    assert parse_prune_spec("magnitude:sparsity=0.5,scope=global,max_drop=1") == (
+        "magnitude",
+        {"sparsity": 0.5, "scope": "global", "max_drop": 1},
+    )
     assert parse_prune_spec("channels") == ("channels", {})
     with pytest.raises(OptionError):
         parse_prune_spec("magnitude:sparsity")
@@ -92,8 +106,14 @@ def test_pruned_zeros_reach_hls4ml_and_the_cost(tmp_path):
     weights carry the zeros and the estimate drops DSPs, MACs and energy."""
     data = np.load(EXAMPLE_DATA)
     dense = edgec.build(EXAMPLE, target="zcu104", output_dir=tmp_path / "dense", data=(data["x"], data["y"]), min_agreement=0.95)
-    sparse = edgec.build(EXAMPLE, target="zcu104", output_dir=tmp_path / "sparse", data=(data["x"], data["y"]),
-                         prune=["magnitude:sparsity=0.5"], min_agreement=0.95)
+    sparse = edgec.build(
+        EXAMPLE,
+        target="zcu104",
+        output_dir=tmp_path / "sparse",
+        data=(data["x"], data["y"]),
+        prune=["magnitude:sparsity=0.5"],
+        min_agreement=0.95,
+    )
     record = sparse.report["passes"][0]
     assert RECORD_KEYS <= set(record) and record["name"] == "magnitude"
     assert sparse.report["verification"]["argmax_agreement"] >= 0.99  # C-sim matches the pruned model
@@ -111,9 +131,21 @@ def test_pruned_zeros_reach_hls4ml_and_the_cost(tmp_path):
 def test_cli_prune_without_data_uses_data_free_criteria_and_reports_agreement(tmp_path, data_dir):
     out = tmp_path / "mlp"
     proc = subprocess.run(
-        [sys.executable, "-m", "edgec", "build", str(data_dir / "three_layer_keras.onnx"), "--prune", "magnitude:sparsity=0.3",
-         "--prune", "magnitude:sparsity=0.5,scope=global", "-o", str(out)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "edgec",
+            "build",
+            str(data_dir / "three_layer_keras.onnx"),
+            "--prune",
+            "magnitude:sparsity=0.3",
+            "--prune",
+            "magnitude:sparsity=0.5,scope=global",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
@@ -122,21 +154,36 @@ def test_cli_prune_without_data_uses_data_free_criteria_and_reports_agreement(tm
     assert first["metric"] == "agreement on random inputs" and first["accuracy_before"] == 1.0
     assert second["ops_before"] == first["ops_after"] and second["ops_after"] < second["ops_before"]
     refused = subprocess.run(
-        [sys.executable, "-m", "edgec", "build", str(data_dir / "three_layer_keras.onnx"), "--prune", "magnitude:sparsity=0.3,max_drop=1", "-o", str(tmp_path / "x")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "edgec",
+            "build",
+            str(data_dir / "three_layer_keras.onnx"),
+            "--prune",
+            "magnitude:sparsity=0.3,max_drop=1",
+            "-o",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert refused.returncode == 17 and "max_drop is measured on data" in refused.stderr
     assert "Traceback" not in refused.stderr and not (tmp_path / "x").exists()
-    bad = subprocess.run([sys.executable, "-m", "edgec", "build", str(data_dir / "three_layer_keras.onnx"), "--prune", "shrink", "-o", str(tmp_path / "y")],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "edgec", "build", str(data_dir / "three_layer_keras.onnx"), "--prune", "shrink", "-o", str(tmp_path / "y")],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 22 and "unknown pruning method" in bad.stderr
 
 
 def test_channel_pruning_shrinks_the_generated_project(tmp_path):
     """Structured pruning makes hls4ml's layers themselves narrower (not only zero weights)."""
     data = np.load(EXAMPLE_DATA)
-    result = edgec.build(EXAMPLE, target="pynq-z2", output_dir=tmp_path / "ch", data=(data["x"], data["y"]),
-                         prune=["channels:ratio=0.5"], min_agreement=0.95)
+    result = edgec.build(
+        EXAMPLE, target="pynq-z2", output_dir=tmp_path / "ch", data=(data["x"], data["y"]), prune=["channels:ratio=0.5"], min_agreement=0.95
+    )
     record = result.report["passes"][0]
     assert record["name"] == "channels" and record["params_after"] < record["params_before"]
     convs = [layer for layer in result.report["layers"] if layer["op"] == "Conv2D"]

@@ -82,7 +82,9 @@ def test_beats_random_channel_removal() -> None:
             baseline = model
             for layer, count in removed.items():
                 if count:
-                    baseline = remove_channels(baseline, layer, rng.choice(pruning.record.layers[layer]["channels_before"], count, replace=False))
+                    baseline = remove_channels(
+                        baseline, layer, rng.choice(pruning.record.layers[layer]["channels_before"], count, replace=False)
+                    )
             random.append(ctx.evaluate(baseline))
     assert np.mean(sampled) > np.mean(random) + 0.15, (sampled, random)
 

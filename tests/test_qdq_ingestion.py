@@ -86,8 +86,13 @@ def models(tmp_path_factory) -> dict[str, Path]:
         in_name = onnx.load(src).graph.input[0].name
         paths[name] = tmp / f"{name}.onnx"
         quantize_static(
-            str(src), str(paths[name]), _Reader(in_name, calibration[kind]),
-            quant_format=fmt, per_channel=per_channel, activation_type=act, weight_type=QuantType.QInt8,
+            str(src),
+            str(paths[name]),
+            _Reader(in_name, calibration[kind]),
+            quant_format=fmt,
+            per_channel=per_channel,
+            activation_type=act,
+            weight_type=QuantType.QInt8,
         )
     return paths
 
@@ -217,10 +222,20 @@ def test_dynamic_quantization_is_left_and_refused_by_name(models, tmp_path):
 
 
 def _pair_model(dtype: int, zeropt: np.ndarray, scale: np.ndarray, axis: int, opset: int) -> onnx.ModelProto:
-    inits = [numpy_helper.from_array(scale.astype(np.float32), "s"), helper.make_tensor("z", dtype, list(zeropt.shape), zeropt.reshape(-1).tolist())]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=axis), helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=axis)]
+    inits = [
+        numpy_helper.from_array(scale.astype(np.float32), "s"),
+        helper.make_tensor("z", dtype, list(zeropt.shape), zeropt.reshape(-1).tolist()),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=axis),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=axis),
+    ]
     graph = helper.make_graph(
-        nodes, "pair", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 64])], inits
+        nodes,
+        "pair",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 64])],
+        inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
 

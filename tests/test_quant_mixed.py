@@ -59,8 +59,13 @@ def digits_elm(hidden: int = 24, seed: int = 0) -> tuple[ModelWrapper, np.ndarra
         helper.make_node("Add", ["m2", "b2"], ["y"], name="bias2"),
     ]
     initializers = [numpy_helper.from_array(a, name) for a, name in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))]
-    graph = helper.make_graph(nodes, "digits_elm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], initializers)
+    graph = helper.make_graph(
+        nodes,
+        "digits_elm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        initializers,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return ModelWrapper(model), x[1000:1300], y[1000:1300]
@@ -168,7 +173,14 @@ def test_frontier_and_explored_set(tiny_searches):
     for point in frontier:
         assert set(point["widths"]) == set(units)
         assert set(COST_KEYS) <= set(point)
-        assert [point["eval"], point["phase"], list(point["widths"].values()), point["accuracy"], point["objective"], point["feasible"]] in explored
+        assert [
+            point["eval"],
+            point["phase"],
+            list(point["widths"].values()),
+            point["accuracy"],
+            point["objective"],
+            point["feasible"],
+        ] in explored
         # no explored point is at least as accurate and strictly cheaper
         assert not any(a >= point["accuracy"] and o < point["objective"] for a, o in costed)
     # the chosen point is the cheapest feasible one explored
@@ -257,9 +269,21 @@ def test_kernel_widths_are_exact_and_build_bit_exactly(tiny, tmp_path):
     np.savez(tmp_path / "digits.npz", x=x, y=y)
     out = tmp_path / "mixed"
     proc = subprocess.run(
-        [sys.executable, "-m", "edgec", "build", str(tmp_path / "digits_elm.onnx"), "--data", str(tmp_path / "digits.npz"), "-o", str(out),
-         "--quantize", "mixed:max_drop=2,objective=luts,granularity=kernel,groups=3,bits=5,4,restarts=0"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "edgec",
+            "build",
+            str(tmp_path / "digits_elm.onnx"),
+            "--data",
+            str(tmp_path / "digits.npz"),
+            "-o",
+            str(out),
+            "--quantize",
+            "mixed:max_drop=2,objective=luts,granularity=kernel,groups=3,bits=5,4,restarts=0",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr
     assert "mixed: eval 1 (uniform)," in proc.stderr
@@ -308,8 +332,20 @@ def test_per_kernel_widths_live_in_per_channel_scales():
 def test_specs_and_bad_options(tiny):
     model, x, y = tiny
     assert parse_quant_spec("mixed:bits=8,6,4,max_drop=1") == ("mixed", {"bits": [8, 6, 4], "max_drop": 1})
-    for spec in ("mixed:objective=speed", "mixed:granularity=tensor", "mixed:bits=8,1", "mixed:bits=8,8", "mixed:max_drop=-1",
-                 "mixed:search_seconds=0", "mixed:target=nope", "mixed:seed=1.5", "mixed:width=3", "mixed:restarts=-1",
-                 "mixed:restarts=1.5", "mixed:progress=1", "mixed:cost_setup=1"):
+    for spec in (
+        "mixed:objective=speed",
+        "mixed:granularity=tensor",
+        "mixed:bits=8,1",
+        "mixed:bits=8,8",
+        "mixed:max_drop=-1",
+        "mixed:search_seconds=0",
+        "mixed:target=nope",
+        "mixed:seed=1.5",
+        "mixed:width=3",
+        "mixed:restarts=-1",
+        "mixed:restarts=1.5",
+        "mixed:progress=1",
+        "mixed:cost_setup=1",
+    ):
         with pytest.raises(OptionError):
             run_quantization(model, [spec], x, y)

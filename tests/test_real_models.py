@@ -38,9 +38,12 @@ def run(*args):
 
 
 def test_schema_violation_is_reported_by_the_checker_in_one_line(tmp_path):
-    graph = helper.make_graph([helper.make_node("Relu", ["x", "x"], ["y"], name="bad_relu")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x", "x"], ["y"], name="bad_relu")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
     path = tmp_path / "bad.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
     proc = run("build", path, "-o", tmp_path / "out")
@@ -59,9 +62,13 @@ def test_unexpected_exception_is_one_line_naming_step_and_node(tmp_path, monkeyp
     monkeypatch.setattr(build_module, "canonicalize", broken)
     model = tmp_path / "m.onnx"
     w = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="Mul_0")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], initializer=[w])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="Mul_0")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        initializer=[w],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), model)
     for debug in (False, True):
         err = io.StringIO()
@@ -118,17 +125,30 @@ def _bnn_with_preprocessing(path: Path) -> None:
     """x in [0, 1] -> x * 2 - 1 -> sign -> binary Dense -> sign -> binary Dense (FINN's TFC input stage)."""
     rng = np.random.default_rng(0)
     domain = "qonnx.custom_op.general"
-    inits = [numpy_helper.from_array(np.float32(2), "two"), numpy_helper.from_array(np.float32(-1), "minus_one"),
-             numpy_helper.from_array(np.float32(1), "one"),
-             numpy_helper.from_array(np.sign(rng.standard_normal((64, 32))).astype(np.float32), "w1"),
-             numpy_helper.from_array(np.sign(rng.standard_normal((32, 10))).astype(np.float32), "w2")]
-    nodes = [helper.make_node("Mul", ["x", "two"], ["a"], name="pre_scale"), helper.make_node("Add", ["a", "minus_one"], ["b"], name="pre_shift"),
-             helper.make_node("BipolarQuant", ["b", "one"], ["q"], domain=domain),
-             helper.make_node("BipolarQuant", ["w1", "one"], ["w1q"], domain=domain), helper.make_node("MatMul", ["q", "w1q"], ["h"]),
-             helper.make_node("BipolarQuant", ["h", "one"], ["hq"], domain=domain),
-             helper.make_node("BipolarQuant", ["w2", "one"], ["w2q"], domain=domain), helper.make_node("MatMul", ["hq", "w2q"], ["y"])]
-    graph = helper.make_graph(nodes, "bnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], initializer=inits)
+    inits = [
+        numpy_helper.from_array(np.float32(2), "two"),
+        numpy_helper.from_array(np.float32(-1), "minus_one"),
+        numpy_helper.from_array(np.float32(1), "one"),
+        numpy_helper.from_array(np.sign(rng.standard_normal((64, 32))).astype(np.float32), "w1"),
+        numpy_helper.from_array(np.sign(rng.standard_normal((32, 10))).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("Mul", ["x", "two"], ["a"], name="pre_scale"),
+        helper.make_node("Add", ["a", "minus_one"], ["b"], name="pre_shift"),
+        helper.make_node("BipolarQuant", ["b", "one"], ["q"], domain=domain),
+        helper.make_node("BipolarQuant", ["w1", "one"], ["w1q"], domain=domain),
+        helper.make_node("MatMul", ["q", "w1q"], ["h"]),
+        helper.make_node("BipolarQuant", ["h", "one"], ["hq"], domain=domain),
+        helper.make_node("BipolarQuant", ["w2", "one"], ["w2q"], domain=domain),
+        helper.make_node("MatMul", ["hq", "w2q"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "bnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        initializer=inits,
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(domain, 1)], ir_version=8), path)
 
 
@@ -150,7 +170,9 @@ def test_bnn_input_preprocessing_becomes_an_exact_threshold(tmp_path):
 
 def test_ptq_8bit_is_exact_and_no_costlier_than_float(tmp_path):
     name = "tf2onnx_k2_mlp5_dense"
-    result = edgec.build(corpus(name), target="pynq-z2", output_dir=tmp_path / "q", data=corpus_data(name), quantize=["fixed:bits=8"], cross=False)
+    result = edgec.build(
+        corpus(name), target="pynq-z2", output_dir=tmp_path / "q", data=corpus_data(name), quantize=["fixed:bits=8"], cross=False
+    )
     report = result.report
     ver = report["verification"]
     assert ver["bit_exact"] is True and ver["max_lsb_error"] == 0.0 and "logits" in ver["exact_at"]
@@ -173,7 +195,9 @@ def test_narrow_shared_multipliers_bound_to_dsps_keep_ptq_within_the_float_luts(
     design's, and the generated project says so to HLS."""
     name = "torch_ts_op9_mlp_view_kiai"
     out = tmp_path / "q"
-    report = edgec.build(corpus(name), target="pynq-z2", output_dir=out, data=corpus_data(name), quantize=["fixed:bits=8"], cross=False).report
+    report = edgec.build(
+        corpus(name), target="pynq-z2", output_dir=out, data=corpus_data(name), quantize=["fixed:bits=8"], cross=False
+    ).report
     cost = report["quantization_cost"]
     assert cost["no_worse"] is True
     bound = [step.split(":")[0] for step in cost.get("repair_steps", []) if "bound to DSP" in step]
@@ -197,8 +221,22 @@ def test_binding_products_to_dsps_moves_them_out_of_the_luts():
     from edgec.targets import load_target
 
     device = device_for(load_target("pynq-z2"))
-    layer = LayerConfig(name="fc", kind="dense", op="MatMul", output_tensor="y", in_shape=[256], out_shape=[64], strategy="resource",
-                        reuse_factor=64, input_bits=8, weight_bits=8, accum_bits=20, result_bits=8, n_in=256, n_out=64)
+    layer = LayerConfig(
+        name="fc",
+        kind="dense",
+        op="MatMul",
+        output_tensor="y",
+        in_shape=[256],
+        out_shape=[64],
+        strategy="resource",
+        reuse_factor=64,
+        input_bits=8,
+        weight_bits=8,
+        accum_bits=20,
+        result_bits=8,
+        n_in=256,
+        n_out=64,
+    )
     in_luts = layer_resources(layer, device, depth=2)
     on_dsps = layer_resources(replace(layer, products_on_dsp=True), device, depth=2)
     assert in_luts.dsp == 0 and on_dsps.dsp == 256 * 64 // 64  # one DSP48E1 per shared 8x8 multiplier
@@ -212,7 +250,9 @@ def test_the_input_quantizer_is_the_input_type_not_a_layer(tmp_path):
     CNN is exactly as fast as the float one instead of a cycle slower, and still bit-exact."""
     name = "torch_ts_op11_cnn_bn2d_relu6"
     out = tmp_path / "q"
-    report = edgec.build(corpus(name), target="pynq-z2", output_dir=out, data=corpus_data(name), quantize=["fixed:bits=8"], cross=False).report
+    report = edgec.build(
+        corpus(name), target="pynq-z2", output_dir=out, data=corpus_data(name), quantize=["fixed:bits=8"], cross=False
+    ).report
     first = report["layers"][0]
     assert "act" not in first["name"] and first["op"] != "Activation", first
     defines = (out / "hls" / "firmware" / "defines.h").read_text().splitlines()
@@ -228,11 +268,19 @@ def _two_layer_mlp():
     rng = np.random.default_rng(0)
     w1, w2 = rng.normal(0, 0.3, (16, 16)).astype(np.float32), rng.normal(0, 0.3, (16, 8)).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["r"], name="act1"),
-         helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")],
-        "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
-        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
-    return ModelWrapper(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])), rng.normal(0, 1, (64, 16)).astype(np.float32)
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+            helper.make_node("Relu", ["h"], ["r"], name="act1"),
+            helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2"),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    return ModelWrapper(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])), rng.normal(0, 1, (64, 16)).astype(
+        np.float32
+    )
 
 
 def test_layers_on_the_cpu_keep_float_arithmetic_after_ptq():
@@ -278,8 +326,9 @@ def test_partitioned_ptq_leaves_the_cpu_layers_float_and_costs_no_more_than_floa
     quantizers made the CPU segment 5x slower than float (+61% end to end). Kept float there, the
     quantized build is no costlier than the float one and its FPGA segment stays bit-exact."""
     name = "tf2onnx_k2_upsampling_bilinear_cls"
-    report = edgec.build(corpus(name), target="pynq-z2", output_dir=tmp_path / "q", data=corpus_data(name),
-                         quantize=["fixed:bits=8"], cross=False).report
+    report = edgec.build(
+        corpus(name), target="pynq-z2", output_dir=tmp_path / "q", data=corpus_data(name), quantize=["fixed:bits=8"], cross=False
+    ).report
     cost = report["quantization_cost"]
     assert cost["chosen"] == "float_on_cpu" and cost["no_worse"] is True, cost
     assert cost["float_on_cpu"]["quantizers_removed"] > 0
@@ -301,15 +350,19 @@ def _set_gemm_attr(name: str, value: float):
     def mutate(model):
         gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
         next(a for a in gemm.attribute if a.name == name).f = value
+
     return mutate
 
 
-@pytest.mark.parametrize(("mutate", "code", "fragment"), [
-    (_set_gemm_attr("alpha", float("nan")), 24, "attribute 'alpha' is NaN"),
-    (lambda m: m.opset_import[0].__setattr__("version", 30), 13, "opset 30"),
-    (lambda m: m.graph.input[0].type.tensor_type.shape.dim[2].__setattr__("dim_value", 1 << 20), 15, "values per sample"),
-    (lambda m: m.graph.input[0].type.tensor_type.shape.dim[2].__setattr__("dim_value", 3), 24, "onnxruntime cannot run the model"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "code", "fragment"),
+    [
+        (_set_gemm_attr("alpha", float("nan")), 24, "attribute 'alpha' is NaN"),
+        (lambda m: m.opset_import[0].__setattr__("version", 30), 13, "opset 30"),
+        (lambda m: m.graph.input[0].type.tensor_type.shape.dim[2].__setattr__("dim_value", 1 << 20), 15, "values per sample"),
+        (lambda m: m.graph.input[0].type.tensor_type.shape.dim[2].__setattr__("dim_value", 3), 24, "onnxruntime cannot run the model"),
+    ],
+)
 def test_what_the_checker_lets_through_is_refused_at_load(tmp_path, mutate, code, fragment):
     """Found by the fuzzer: each used to end as an internal error deep in the build."""
     proc = run("build", _mlp(tmp_path, mutate, "torch_ts_op13_mlp_view"), "-o", tmp_path / "out")
@@ -336,16 +389,33 @@ def test_clip_moves_after_its_quantizer_only_when_exact():
         nodes = [
             helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
             helper.make_node("Clip", ["h", "lo", "hi"], ["c"], name="relu6"),
-            helper.make_node("Quant", ["c", "s", "z", "b"], ["y"], name="q", domain="qonnx.custom_op.general",
-                             signed=signed, narrow=0, rounding_mode="ROUND"),
+            helper.make_node(
+                "Quant",
+                ["c", "s", "z", "b"],
+                ["y"],
+                name="q",
+                domain="qonnx.custom_op.general",
+                signed=signed,
+                narrow=0,
+                rounding_mode="ROUND",
+            ),
         ]
         rng = np.random.default_rng(0)
-        inits = [numpy_helper.from_array(rng.normal(0, 2, (8, 16)).astype(np.float32), "w"),
-                 numpy_helper.from_array(np.array(0.0, np.float32), "lo"), numpy_helper.from_array(np.array(hi, np.float32), "hi"),
-                 numpy_helper.from_array(np.array(2.0**-4, np.float32), "s"), numpy_helper.from_array(np.array(0.0, np.float32), "z"),
-                 numpy_helper.from_array(np.array(8.0, np.float32), "b")]
-        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], inits)
+        inits = [
+            numpy_helper.from_array(rng.normal(0, 2, (8, 16)).astype(np.float32), "w"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+            numpy_helper.from_array(np.array(hi, np.float32), "hi"),
+            numpy_helper.from_array(np.array(2.0**-4, np.float32), "s"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "z"),
+            numpy_helper.from_array(np.array(8.0, np.float32), "b"),
+        ]
+        graph = helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+            inits,
+        )
         from qonnx.transformation.infer_shapes import InferShapes
 
         proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("qonnx.custom_op.general", 1)])
@@ -368,8 +438,9 @@ def test_partitioned_ptq_is_exact_segment_by_segment(tmp_path):
     """ReLU6 (Clip) before each activation quantizer, layers on the CPU between FPGA segments: every
     FPGA segment is bit-exact on the reference's values at its input."""
     name = "tf2onnx_k2_depthwise_relu6"
-    report = edgec.build(corpus(name), target="pynq-z2", output_dir=tmp_path / "q", data=corpus_data(name),
-                         quantize=["fixed:bits=8"], cross=False).report
+    report = edgec.build(
+        corpus(name), target="pynq-z2", output_dir=tmp_path / "q", data=corpus_data(name), quantize=["fixed:bits=8"], cross=False
+    ).report
     ver = report["verification"]
     fpga = [s for s in report["partition"]["segments"] if s["placement"] == "fpga"]
     assert len(fpga) >= 2 and len(ver["segments_exactness"]) == len(fpga)
@@ -386,14 +457,23 @@ def test_affine_ops_move_above_a_squeeze_unchanged():
     from edgec.passes.hoist_affine import HoistAffineAboveSqueeze
 
     rng = np.random.default_rng(3)
-    nodes = [helper.make_node("Squeeze", ["x", "axes"], ["s"], name="squeeze"),
-             helper.make_node("Add", ["s", "bias"], ["b"], name="bias_add"),
-             helper.make_node("Mul", ["b", "scale"], ["y"], name="bn_mul")]
-    inits = [numpy_helper.from_array(np.array([2], np.int64), "axes"),
-             numpy_helper.from_array(rng.normal(size=(1, 8, 1)).astype(np.float32), "bias"),
-             numpy_helper.from_array(rng.normal(size=(8, 1)).astype(np.float32), "scale")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 1, 5])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 5])], inits)
+    nodes = [
+        helper.make_node("Squeeze", ["x", "axes"], ["s"], name="squeeze"),
+        helper.make_node("Add", ["s", "bias"], ["b"], name="bias_add"),
+        helper.make_node("Mul", ["b", "scale"], ["y"], name="bn_mul"),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([2], np.int64), "axes"),
+        numpy_helper.from_array(rng.normal(size=(1, 8, 1)).astype(np.float32), "bias"),
+        numpy_helper.from_array(rng.normal(size=(8, 1)).astype(np.float32), "scale"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 1, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 5])],
+        inits,
+    )
     before = ModelWrapper(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])).transform(InferShapes())
     after = before.transform(HoistAffineAboveSqueeze()).transform(InferShapes())
     assert [n.op_type for n in after.graph.node] == ["Add", "Mul", "Squeeze"]

@@ -9,8 +9,11 @@ import edgec
 
 def _model(nodes, inits, in_shape, out_shape):
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], initializer=inits,
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+        initializer=inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 
@@ -89,13 +92,22 @@ def test_transpose_moves_into_weight_quantizer_with_per_channel_zero_points():
     zeropt = np.array([[1.0], [-2.0], [0.0], [3.0]], dtype=np.float32)
     inits = [numpy_helper.from_array(a, n) for a, n in ((w, "w"), (scale, "s"), (zeropt, "z"), (np.array(4.0, dtype=np.float32), "b"))]
     nodes = [
-        helper.make_node("Quant", ["w", "s", "z", "b"], ["wq"], domain="qonnx.custom_op.general", signed=1, narrow=0, rounding_mode="ROUND"),
+        helper.make_node(
+            "Quant", ["w", "s", "z", "b"], ["wq"], domain="qonnx.custom_op.general", signed=1, narrow=0, rounding_mode="ROUND"
+        ),
         helper.make_node("Transpose", ["wq"], ["wt"], perm=[1, 0]),
         helper.make_node("MatMul", ["x", "wt"], ["y"]),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=inits)
-    model = ModelWrapper(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("qonnx.custom_op.general", 1)]))
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        initializer=inits,
+    )
+    model = ModelWrapper(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("qonnx.custom_op.general", 1)])
+    )
     model = model.transform(InferShapes())
     x = rng.normal(size=(1, 6)).astype(np.float32)
     before = oxe.execute_onnx(model, {"x": x})["y"]

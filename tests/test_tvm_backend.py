@@ -48,7 +48,9 @@ def _require_cross_compilers() -> None:
     """The cross builds need Debian's cross compilers; `make test` installs them (`make cross`)."""
     missing = [cc for cc in ("arm-linux-gnueabihf-g++", "aarch64-linux-gnu-g++") if shutil.which(cc) is None]
     if missing:
-        pytest.fail(f"cross compilers missing: {', '.join(missing)}; run `make cross` (apt-get install g++-arm-linux-gnueabihf g++-aarch64-linux-gnu)")
+        pytest.fail(
+            f"cross compilers missing: {', '.join(missing)}; run `make cross` (apt-get install g++-arm-linux-gnueabihf g++-aarch64-linux-gnu)"
+        )
 
 
 def _ort_session(model: ModelWrapper) -> ort.InferenceSession:
@@ -162,10 +164,14 @@ def test_quantizers_are_exact_under_onnxruntime_and_tvm(tmp_path):
     assert not any(n.domain not in ("", "ai.onnx") for n in prepared.graph.node)
     assert {n.op_type for n in prepared.graph.node} >= {"Div", "Round", "Ceil", "Floor", "Sign", "Where", "Clip"}
     with_ort = _ort_run(prepared, x).reshape(reference.shape)
-    assert np.array_equal(with_ort, reference), _first_mismatch(labels, with_ort.reshape(1, len(labels), -1), reference.reshape(1, len(labels), -1))
+    assert np.array_equal(with_ort, reference), _first_mismatch(
+        labels, with_ort.reshape(1, len(labels), -1), reference.reshape(1, len(labels), -1)
+    )
     library = compile_cpu_model(model, load_target("x86-64"), tmp_path, "quantizer_sweep", cross=False)
     with_tvm = HostModule.load(library.sidecar).run(x)
-    assert np.array_equal(with_tvm, reference), _first_mismatch(labels, with_tvm.reshape(1, len(labels), -1), reference.reshape(1, len(labels), -1))
+    assert np.array_equal(with_tvm, reference), _first_mismatch(
+        labels, with_tvm.reshape(1, len(labels), -1), reference.reshape(1, len(labels), -1)
+    )
     # the sweep really exercises ties: every rounding mode gives different results (ROUND and
     # HALF_EVEN are the same mode in qonnx)
     per_mode = dict(zip(ROUNDING_MODES, reference.reshape(len(labels), -1)[:32:4]))
@@ -175,9 +181,15 @@ def test_quantizers_are_exact_under_onnxruntime_and_tvm(tmp_path):
 
 def _single_quant_model(mode: str) -> ModelWrapper:
     inits = [numpy_helper.from_array(np.asarray(v, dtype=np.float32), n) for n, v in (("s", 0.5), ("z", 0.0), ("b", 4.0))]
-    node = helper.make_node("Quant", ["x", "s", "z", "b"], ["y"], domain=QONNX_DOMAIN, name="Quant_act", signed=1, narrow=0, rounding_mode=mode)
+    node = helper.make_node(
+        "Quant", ["x", "s", "z", "b"], ["y"], domain=QONNX_DOMAIN, name="Quant_act", signed=1, narrow=0, rounding_mode=mode
+    )
     graph = helper.make_graph(
-        [node], "single", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], inits
+        [node],
+        "single",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+        inits,
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(QONNX_DOMAIN, 1)])
     proto.ir_version = 8
@@ -303,7 +315,9 @@ def test_qonnx_models_match_qonnx_execution(name, inputs, data_dir, tmp_path):
     reference = _qonnx_run(model, x)
     prepared = prepare_for_tvm(model)
     # every activation quantizer's output is bit-identical under onnxruntime
-    quantized = [n.output[0] for n in model.graph.node if n.op_type in ("Quant", "BipolarQuant") and model.get_initializer(n.input[0]) is None]
+    quantized = [
+        n.output[0] for n in model.graph.node if n.op_type in ("Quant", "BipolarQuant") and model.get_initializer(n.input[0]) is None
+    ]
     probe = onnx.ModelProto()
     probe.CopyFrom(prepared.model)
     probe.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in quantized)
@@ -332,7 +346,10 @@ def _tiny_float_model(inputs: int = 1) -> ModelWrapper:
     names = [f"x{i}" for i in range(inputs)]
     node = helper.make_node("Add", names, ["y"], name="Add_0") if inputs == 2 else helper.make_node("Relu", names, ["y"], name="Relu_0")
     graph = helper.make_graph(
-        [node], "tiny", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in names], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])]
+        [node],
+        "tiny",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in names],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     proto.ir_version = 8
@@ -340,7 +357,11 @@ def _tiny_float_model(inputs: int = 1) -> ModelWrapper:
 
 
 def test_missing_cross_compiler_is_a_clear_error(tmp_path):
-    text = (ROOT / "targets" / "pynq-z2.yaml").read_text().replace("cross_compiler: arm-linux-gnueabihf-g++", "cross_compiler: no-such-arm-g++")
+    text = (
+        (ROOT / "targets" / "pynq-z2.yaml")
+        .read_text()
+        .replace("cross_compiler: arm-linux-gnueabihf-g++", "cross_compiler: no-such-arm-g++")
+    )
     board = tmp_path / "board.yaml"
     board.write_text(text)
     with pytest.raises(CrossCompilerError) as info:

@@ -86,7 +86,18 @@ def main() -> None:
     for e in entries:
         m = measure(e)
         print(f"{e['name']:55s} {m['runtime'][:11]:11s} acc={m['heldout_accuracy']} {m['size_kb']} KB {m['run_seconds']} s", flush=True)
-        for k in ("opset", "ir_version", "input_shape", "output_shape", "heldout_accuracy", "size_kb", "input_dtype", "opset_imports", "runtime", "checker"):
+        for k in (
+            "opset",
+            "ir_version",
+            "input_shape",
+            "output_shape",
+            "heldout_accuracy",
+            "size_kb",
+            "input_dtype",
+            "opset_imports",
+            "runtime",
+            "checker",
+        ):
             e[k] = m[k]
     assign_splits(entries)
     ordered = [{k: e[k] for k in KEY_ORDER if k in e} | {k: v for k, v in e.items() if k not in KEY_ORDER} for e in entries]

@@ -297,7 +297,8 @@ def main() -> None:
         "brevitas-qonnx",
         q_exp,
         opts,
-        ["Quant", "input_quantizer", "per_channel_scale", "w8a8", "fixed_batch_1", "torch_dynamo_export"] + (["external_data"] if extra else []),
+        ["Quant", "input_quantizer", "per_channel_scale", "w8a8", "fixed_batch_1", "torch_dynamo_export"]
+        + (["external_data"] if extra else []),
         "digits",
         extra_files=extra,
         notes="same weights as brevitas_qcdq_mlp_w8a8_perchannel; Brevitas' torch.export-based QONNX manager"
@@ -323,7 +324,18 @@ def main() -> None:
         "brevitas-qcdq",
         c_exp,
         opts,
-        ["QuantizeLinear", "Clip", "DequantizeLinear", "Conv2d", "input_quantizer", "per_channel_scale", "BatchNorm2d", "MaxPool", "w4a4", "fixed_batch_1"],
+        [
+            "QuantizeLinear",
+            "Clip",
+            "DequantizeLinear",
+            "Conv2d",
+            "input_quantizer",
+            "per_channel_scale",
+            "BatchNorm2d",
+            "MaxPool",
+            "w4a4",
+            "fixed_batch_1",
+        ],
         "digits",
         notes="same weights as brevitas_qonnx_cnn_w4a4_perchannel_bn",
     )
@@ -336,7 +348,17 @@ def main() -> None:
         "brevitas-qcdq",
         c_exp,
         opts,
-        ["QuantizeLinear", "DequantizeLinear", "Conv2d", "input_quantizer", "per_tensor_scale", "BatchNorm2d", "MaxPool", "w8a8", "fixed_batch_1"],
+        [
+            "QuantizeLinear",
+            "DequantizeLinear",
+            "Conv2d",
+            "input_quantizer",
+            "per_tensor_scale",
+            "BatchNorm2d",
+            "MaxPool",
+            "w8a8",
+            "fixed_batch_1",
+        ],
         "digits",
     )
     opts = qonnx(m, dig1, "brevitas_qonnx_cnn_w8a8_pertensor_bn")

@@ -104,7 +104,9 @@ def convert(model: keras.Model, name: str, opset: int, *, batch: int | None = No
     return opts
 
 
-def entry(name: str, data: str, opts: dict[str, Any], features: list[str], trained_on: str, task: str = "classification", **kw: Any) -> None:
+def entry(
+    name: str, data: str, opts: dict[str, Any], features: list[str], trained_on: str, task: str = "classification", **kw: Any
+) -> None:
     """Record one tf2onnx-converted Keras 2 model."""
     common.record(
         name,
@@ -257,7 +259,13 @@ def main() -> None:
 
     m = fit(cnn_maxpool_dense((28, 28, 1), "cnn_mnist"), d["mnist"], 2)
     opts = convert(m, "tf2onnx_k2_cnn_maxpool_dense_softmax", 13)
-    entry("tf2onnx_k2_cnn_maxpool_dense_softmax", files["mnist_nhwc"], opts, ["Conv2D", "MaxPooling2D", "Flatten", "Dense", "Activation_softmax", "dynamic_batch"], "mnist")
+    entry(
+        "tf2onnx_k2_cnn_maxpool_dense_softmax",
+        files["mnist_nhwc"],
+        opts,
+        ["Conv2D", "MaxPooling2D", "Flatten", "Dense", "Activation_softmax", "dynamic_batch"],
+        "mnist",
+    )
     opts = convert(m, "tf2onnx_k2_cnn_inputs_as_nchw", 13, inputs_as_nchw=["input"])
     entry(
         "tf2onnx_k2_cnn_inputs_as_nchw",
@@ -271,7 +279,13 @@ def main() -> None:
     m = fit(cnn_maxpool_dense((8, 8, 1), "cnn_digits_b1", batch_size=1), d["digits"], 10)
     opts = convert(m, "tf2onnx_k2_cnn_fixed_batch1", 13, batch=1)
     opts["keras_input"] = "keras.Input((8, 8, 1), batch_size=1)"
-    entry("tf2onnx_k2_cnn_fixed_batch1", files["digits_nhwc"], opts, ["Conv2D", "MaxPooling2D", "Flatten", "Dense", "Activation_softmax", "fixed_batch_1"], "digits")
+    entry(
+        "tf2onnx_k2_cnn_fixed_batch1",
+        files["digits_nhwc"],
+        opts,
+        ["Conv2D", "MaxPooling2D", "Flatten", "Dense", "Activation_softmax", "fixed_batch_1"],
+        "digits",
+    )
     opts = convert(m, "tf2onnx_k2_op9_cnn_batch1_model_dynamic_sig", 9)
     opts["keras_input"] = "keras.Input((8, 8, 1), batch_size=1)"
     entry(
@@ -287,7 +301,13 @@ def main() -> None:
     opts = convert(m, "tf2onnx_k2_mlp5_dense", 13)
     entry("tf2onnx_k2_mlp5_dense", files["digits_flat"], opts, ["Dense", "MLP_5_layers", "softmax_in_Dense", "dynamic_batch"], "digits")
     opts = convert(m, "tf2onnx_k2_op11_mlp5_dense", 11)
-    entry("tf2onnx_k2_op11_mlp5_dense", files["digits_flat"], opts, ["Dense", "MLP_5_layers", "softmax_in_Dense", "dynamic_batch", "opset_11"], "digits")
+    entry(
+        "tf2onnx_k2_op11_mlp5_dense",
+        files["digits_flat"],
+        opts,
+        ["Dense", "MLP_5_layers", "softmax_in_Dense", "dynamic_batch", "opset_11"],
+        "digits",
+    )
     opts = convert(m, "tf2onnx_k2_mlp5_dense_noopt", 13, optimizers={})
     entry(
         "tf2onnx_k2_mlp5_dense_noopt",
@@ -298,13 +318,31 @@ def main() -> None:
         notes="same weights as tf2onnx_k2_mlp5_dense; tf2onnx's graph optimizers disabled (optimizers={}), so TF's Identity ops stay",
     )
     opts = convert(m, "tf2onnx_k2_op9_mlp5_dense_batch1", 9, batch=1)
-    entry("tf2onnx_k2_op9_mlp5_dense_batch1", files["digits_flat"], opts, ["Dense", "MLP_5_layers", "softmax_in_Dense", "fixed_batch_1", "opset_9"], "digits")
+    entry(
+        "tf2onnx_k2_op9_mlp5_dense_batch1",
+        files["digits_flat"],
+        opts,
+        ["Dense", "MLP_5_layers", "softmax_in_Dense", "fixed_batch_1", "opset_9"],
+        "digits",
+    )
 
     m = fit(conv1d(), d["signal"], 10)
     opts = convert(m, "tf2onnx_k2_conv1d_bn", 13)
-    entry("tf2onnx_k2_conv1d_bn", files["signal_nwc"], opts, ["Conv1D", "BatchNormalization", "MaxPooling1D", "Flatten", "Dense", "dynamic_batch"], "synthetic")
+    entry(
+        "tf2onnx_k2_conv1d_bn",
+        files["signal_nwc"],
+        opts,
+        ["Conv1D", "BatchNormalization", "MaxPooling1D", "Flatten", "Dense", "dynamic_batch"],
+        "synthetic",
+    )
     opts = convert(m, "tf2onnx_k2_op11_conv1d_bn", 11)
-    entry("tf2onnx_k2_op11_conv1d_bn", files["signal_nwc"], opts, ["Conv1D", "BatchNormalization", "MaxPooling1D", "Flatten", "Dense", "dynamic_batch", "opset_11"], "synthetic")
+    entry(
+        "tf2onnx_k2_op11_conv1d_bn",
+        files["signal_nwc"],
+        opts,
+        ["Conv1D", "BatchNormalization", "MaxPooling1D", "Flatten", "Dense", "dynamic_batch", "opset_11"],
+        "synthetic",
+    )
 
     m = fit(separable(), d["digits"], 30)
     opts = convert(m, "tf2onnx_k2_separable_bn_gap", 13)
@@ -328,9 +366,21 @@ def main() -> None:
 
     m = concat_model = fit(concat_branches(), d["digits"], 15)
     opts = convert(m, "tf2onnx_k2_cnn_concat", 13)
-    entry("tf2onnx_k2_cnn_concat", files["digits_nhwc"], opts, ["Conv2D", "Concatenate", "branches", "MaxPooling2D", "Flatten", "Dense", "dynamic_batch"], "digits")
+    entry(
+        "tf2onnx_k2_cnn_concat",
+        files["digits_nhwc"],
+        opts,
+        ["Conv2D", "Concatenate", "branches", "MaxPooling2D", "Flatten", "Dense", "dynamic_batch"],
+        "digits",
+    )
     opts = convert(m, "tf2onnx_k2_op9_cnn_concat", 9)
-    entry("tf2onnx_k2_op9_cnn_concat", files["digits_nhwc"], opts, ["Conv2D", "Concatenate", "branches", "MaxPooling2D", "Flatten", "Dense", "dynamic_batch", "opset_9"], "digits")
+    entry(
+        "tf2onnx_k2_op9_cnn_concat",
+        files["digits_nhwc"],
+        opts,
+        ["Conv2D", "Concatenate", "branches", "MaxPooling2D", "Flatten", "Dense", "dynamic_batch", "opset_9"],
+        "digits",
+    )
 
     m = fit(resblock_add(), d["digits"], 25)
     opts = convert(m, "tf2onnx_k2_resblock_add", 13)

@@ -84,7 +84,14 @@ def main() -> None:
     m = fit(keras.Model(inp, L.Dense(10, activation="softmax")(x), name="k3_cnn"), digits, 15)
     name = "keras3_export_cnn_bn"
     m.export(str(common.model_path(name)), format="onnx", opset_version=18, verbose=False)
-    entry(name, f_nhwc, 'keras.Model.export(format="onnx")', {"format": "onnx", "opset_version": 18}, ["Conv2D", "BatchNormalization", "MaxPooling2D", "Flatten", "Dense", "dynamic_batch"], "digits")
+    entry(
+        name,
+        f_nhwc,
+        'keras.Model.export(format="onnx")',
+        {"format": "onnx", "opset_version": 18},
+        ["Conv2D", "BatchNormalization", "MaxPooling2D", "Flatten", "Dense", "dynamic_batch"],
+        "digits",
+    )
 
     inp = keras.Input((64,), name="input")
     x = L.Dense(64, activation="relu")(inp)
@@ -93,7 +100,14 @@ def main() -> None:
     m = fit(keras.Model(inp, L.Dense(10, activation="softmax")(x), name="k3_mlp"), flat, 30)
     name = "keras3_export_mlp_dropout"
     m.export(str(common.model_path(name)), format="onnx", verbose=False)
-    entry(name, f_flat, 'keras.Model.export(format="onnx")', {"format": "onnx", "opset_version": None}, ["Dense", "Dropout_layer", "dynamic_batch"], "digits")
+    entry(
+        name,
+        f_flat,
+        'keras.Model.export(format="onnx")',
+        {"format": "onnx", "opset_version": None},
+        ["Dense", "Dropout_layer", "dynamic_batch"],
+        "digits",
+    )
 
     inp = keras.Input((64, 1), name="input")
     x = L.Conv1D(8, 5, padding="same", activation="relu")(inp)
@@ -109,7 +123,11 @@ def main() -> None:
         name,
         f_sig,
         "tf2onnx.convert.from_function",
-        {"opset": 17, "input_signature": "(tf.TensorSpec([None, 64, 1], tf.float32, name='input'),)", "function": "tf.function(lambda t: model(t, training=False))"},
+        {
+            "opset": 17,
+            "input_signature": "(tf.TensorSpec([None, 64, 1], tf.float32, name='input'),)",
+            "function": "tf.function(lambda t: model(t, training=False))",
+        },
         ["Conv1D", "MaxPooling1D", "GlobalAveragePooling1D", "Dense", "dynamic_batch"],
         "synthetic",
     )

@@ -73,13 +73,17 @@ def static(src: str, name: str, layout: str, fmt: QuantFormat, *, per_channel: b
         if preprocess:
             inp = Path(tmp) / "pre.onnx"
             quant_pre_process(str(src_path), str(inp))
-        quantize_static(str(inp), str(common.model_path(name)), Reader(src_path, calibration(layout)), quant_format=fmt, per_channel=per_channel, **kw)
+        quantize_static(
+            str(inp), str(common.model_path(name)), Reader(src_path, calibration(layout)), quant_format=fmt, per_channel=per_channel, **kw
+        )
     return opts
 
 
 def dynamic(src: str, name: str, op_types: list[str], **kw: Any) -> dict[str, Any]:
     """quantize_dynamic of corpus model ``src``; returns the options used."""
-    quantize_dynamic(str(common.model_path(src)), str(common.model_path(name)), op_types_to_quantize=op_types, weight_type=QuantType.QInt8, **kw)
+    quantize_dynamic(
+        str(common.model_path(src)), str(common.model_path(name)), op_types_to_quantize=op_types, weight_type=QuantType.QInt8, **kw
+    )
     opts: dict[str, Any] = {"source_model": src, "op_types_to_quantize": op_types, "weight_type": "QInt8"}
     opts.update({k: str(v) for k, v in kw.items()})
     return opts
@@ -87,7 +91,12 @@ def dynamic(src: str, name: str, op_types: list[str], **kw: Any) -> dict[str, An
 
 def entry(name: str, family: str, exporter: str, src: str, opts: dict[str, Any], features: list[str]) -> None:
     """Record one quantized model; data set, task and training come from the source model's fragment entry."""
-    srcs = {e["name"]: e for f in common.FRAGMENTS.glob("gen_*.json") if f.name != "gen_ort_quant.json" for e in common.json.loads(f.read_text())}
+    srcs = {
+        e["name"]: e
+        for f in common.FRAGMENTS.glob("gen_*.json")
+        if f.name != "gen_ort_quant.json"
+        for e in common.json.loads(f.read_text())
+    }
     s = srcs[src]
     common.record(
         name,
@@ -112,7 +121,14 @@ def main() -> None:
     qdq, qop = QuantFormat.QDQ, QuantFormat.QOperator
 
     opts = static("torch_dynamo_op18_cnn", "ort_qdq_s8_pertensor_cnn", "mnist_nchw", qdq, per_channel=False, preprocess=False)
-    entry("ort_qdq_s8_pertensor_cnn", "ort-qdq", qs, "torch_dynamo_op18_cnn", opts, ["QuantizeLinear", "DequantizeLinear", "per_tensor", "int8_activations", "Conv2d", "Gemm", "dynamic_batch"])
+    entry(
+        "ort_qdq_s8_pertensor_cnn",
+        "ort-qdq",
+        qs,
+        "torch_dynamo_op18_cnn",
+        opts,
+        ["QuantizeLinear", "DequantizeLinear", "per_tensor", "int8_activations", "Conv2d", "Gemm", "dynamic_batch"],
+    )
     opts = static("torch_dynamo_op18_cnn", "ort_qdq_s8_perchannel_preproc_cnn", "mnist_nchw", qdq, per_channel=True, preprocess=True)
     entry(
         "ort_qdq_s8_perchannel_preproc_cnn",
@@ -132,7 +148,13 @@ def main() -> None:
         ["QuantizeLinear", "DequantizeLinear", "per_channel", "int8_activations", "view_reshape_subgraph", "Gemm", "dynamic_batch"],
     )
     opts = static(
-        "tf2onnx_k2_cnn_concat", "ort_qdq_u8_pertensor_preproc_keras_concat", "digits_nhwc", qdq, per_channel=False, preprocess=True, activation_type=QuantType.QUInt8
+        "tf2onnx_k2_cnn_concat",
+        "ort_qdq_u8_pertensor_preproc_keras_concat",
+        "digits_nhwc",
+        qdq,
+        per_channel=False,
+        preprocess=True,
+        activation_type=QuantType.QUInt8,
     )
     entry(
         "ort_qdq_u8_pertensor_preproc_keras_concat",
@@ -140,7 +162,16 @@ def main() -> None:
         qs + " after quant_pre_process",
         "tf2onnx_k2_cnn_concat",
         opts,
-        ["QuantizeLinear", "DequantizeLinear", "per_tensor", "uint8_activations", "quant_pre_process", "channels_last", "Concatenate", "dynamic_batch"],
+        [
+            "QuantizeLinear",
+            "DequantizeLinear",
+            "per_tensor",
+            "uint8_activations",
+            "quant_pre_process",
+            "channels_last",
+            "Concatenate",
+            "dynamic_batch",
+        ],
     )
     opts = static("torch_ts_op17_cnn1d", "ort_qdq_s8_perchannel_cnn1d", "signal_ncw", qdq, per_channel=True, preprocess=True)
     entry(
@@ -151,7 +182,15 @@ def main() -> None:
         opts,
         ["QuantizeLinear", "DequantizeLinear", "per_channel", "int8_activations", "quant_pre_process", "Conv1d", "dynamic_batch"],
     )
-    opts = static("torch_ts_op11_cnn_bn2d_relu6", "ort_qop_u8_cnn_relu6", "digits_nchw", qop, per_channel=False, preprocess=False, activation_type=QuantType.QUInt8)
+    opts = static(
+        "torch_ts_op11_cnn_bn2d_relu6",
+        "ort_qop_u8_cnn_relu6",
+        "digits_nchw",
+        qop,
+        per_channel=False,
+        preprocess=False,
+        activation_type=QuantType.QUInt8,
+    )
     entry(
         "ort_qop_u8_cnn_relu6",
         "ort-qoperator",
@@ -160,17 +199,41 @@ def main() -> None:
         opts,
         ["QLinearConv", "QGemm_com.microsoft", "QuantizeLinear", "DequantizeLinear", "per_tensor", "uint8_activations", "dynamic_batch"],
     )
-    opts = static("tf2onnx_k2_mlp5_dense", "ort_qop_u8_perchannel_keras_mlp5", "digits_flat", qop, per_channel=True, preprocess=True, activation_type=QuantType.QUInt8)
+    opts = static(
+        "tf2onnx_k2_mlp5_dense",
+        "ort_qop_u8_perchannel_keras_mlp5",
+        "digits_flat",
+        qop,
+        per_channel=True,
+        preprocess=True,
+        activation_type=QuantType.QUInt8,
+    )
     entry(
         "ort_qop_u8_perchannel_keras_mlp5",
         "ort-qoperator",
         qs + " after quant_pre_process",
         "tf2onnx_k2_mlp5_dense",
         opts,
-        ["QLinearMatMul", "QLinearAdd_com.microsoft", "QuantizeLinear", "DequantizeLinear", "per_channel", "uint8_activations", "quant_pre_process", "dynamic_batch"],
+        [
+            "QLinearMatMul",
+            "QLinearAdd_com.microsoft",
+            "QuantizeLinear",
+            "DequantizeLinear",
+            "per_channel",
+            "uint8_activations",
+            "quant_pre_process",
+            "dynamic_batch",
+        ],
     )
     opts = dynamic("tf2onnx_k2_mlp5_dense", "ort_dynamic_keras_mlp5", ["MatMul"])
-    entry("ort_dynamic_keras_mlp5", "ort-dynamic", qd, "tf2onnx_k2_mlp5_dense", opts, ["DynamicQuantizeLinear", "MatMulInteger", "per_tensor", "dynamic_batch"])
+    entry(
+        "ort_dynamic_keras_mlp5",
+        "ort-dynamic",
+        qd,
+        "tf2onnx_k2_mlp5_dense",
+        opts,
+        ["DynamicQuantizeLinear", "MatMulInteger", "per_tensor", "dynamic_batch"],
+    )
     opts = dynamic("torch_ts_op13_mobilenet_block", "ort_dynamic_mobilenet_block", ["Conv", "MatMul", "Gemm"])
     entry(
         "ort_dynamic_mobilenet_block",

@@ -86,7 +86,13 @@ def main() -> None:
     files = d["files"]
     m = k2.fit(qmlp(6, "qmlp6"), d["digits_flat"], 30)
     opts = convert(m, "qkeras_qonnx_qdense_mlp_6b", 13)
-    entry("qkeras_qonnx_qdense_mlp_6b", files["digits_flat"], opts, ["Quant", "QDense", "quantized_bits_6", "quantized_relu_6", "softmax"], "digits")
+    entry(
+        "qkeras_qonnx_qdense_mlp_6b",
+        files["digits_flat"],
+        opts,
+        ["Quant", "QDense", "quantized_bits_6", "quantized_relu_6", "softmax"],
+        "digits",
+    )
     opts = convert(m, "qkeras_qonnx_op9_qdense_mlp_6b", 9)
     entry(
         "qkeras_qonnx_op9_qdense_mlp_6b",
@@ -99,7 +105,13 @@ def main() -> None:
     keras.utils.set_random_seed(common.SEED)
     m = k2.fit(qmlp(4, "qmlp4"), d["digits_flat"], 30)
     opts = convert(m, "qkeras_qonnx_qdense_mlp_4b", 13)
-    entry("qkeras_qonnx_qdense_mlp_4b", files["digits_flat"], opts, ["Quant", "QDense", "quantized_bits_4", "quantized_relu_4", "softmax"], "digits")
+    entry(
+        "qkeras_qonnx_qdense_mlp_4b",
+        files["digits_flat"],
+        opts,
+        ["Quant", "QDense", "quantized_bits_4", "quantized_relu_4", "softmax"],
+        "digits",
+    )
     keras.utils.set_random_seed(common.SEED)
     m = k2.fit(qcnn(), d["digits"], 15)
     opts = convert(m, "qkeras_qonnx_qconv2d_cnn", 13)

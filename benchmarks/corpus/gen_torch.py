@@ -125,7 +125,9 @@ class MlpDropout(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
+        self.net = nn.Sequential(
+            nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -280,7 +282,12 @@ class SrPixelShuffle(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(1, 16, 5, padding=2), nn.Tanh(), nn.Conv2d(16, 8, 3, padding=1), nn.Tanh(), nn.Conv2d(8, 4, 3, padding=1), nn.PixelShuffle(2)
+            nn.Conv2d(1, 16, 5, padding=2),
+            nn.Tanh(),
+            nn.Conv2d(16, 8, 3, padding=1),
+            nn.Tanh(),
+            nn.Conv2d(8, 4, 3, padding=1),
+            nn.PixelShuffle(2),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -304,7 +311,13 @@ def export_ts(model: nn.Module, example: torch.Tensor, name: str, opset: int, *,
 
 def export_dynamo(model: nn.Module, example: torch.Tensor, name: str, opset: int, *, dynamic: bool = True, **kw: Any) -> dict[str, Any]:
     """torch.onnx.export(dynamo=True); returns the options used (for the manifest)."""
-    opts: dict[str, Any] = {"dynamo": True, "opset_version": opset, "input_names": ["input"], "output_names": ["output"], "external_data": False}
+    opts: dict[str, Any] = {
+        "dynamo": True,
+        "opset_version": opset,
+        "input_names": ["input"],
+        "output_names": ["output"],
+        "external_data": False,
+    }
     if dynamic:
         opts["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=1024)},)
     opts.update(kw)
@@ -316,7 +329,9 @@ def export_dynamo(model: nn.Module, example: torch.Tensor, name: str, opset: int
     return shown
 
 
-def ts_entry(name: str, data: str, opts: dict[str, Any], features: list[str], trained_on: str, task: str = "classification", **kw: Any) -> None:
+def ts_entry(
+    name: str, data: str, opts: dict[str, Any], features: list[str], trained_on: str, task: str = "classification", **kw: Any
+) -> None:
     """Record a TorchScript-exporter model."""
     common.record(
         name,
@@ -333,7 +348,9 @@ def ts_entry(name: str, data: str, opts: dict[str, Any], features: list[str], tr
     )
 
 
-def dynamo_entry(name: str, data: str, opts: dict[str, Any], features: list[str], trained_on: str, task: str = "classification", **kw: Any) -> None:
+def dynamo_entry(
+    name: str, data: str, opts: dict[str, Any], features: list[str], trained_on: str, task: str = "classification", **kw: Any
+) -> None:
     """Record a dynamo-exporter model."""
     import onnxscript
 
@@ -378,7 +395,13 @@ def main() -> None:
     # --- TorchScript exporter
     m = trained(MlpView, d["digits"], 30)
     opts = export_ts(m, dig1, "torch_ts_op9_mlp_view_kiai", 9, keep_initializers_as_inputs=True)
-    ts_entry("torch_ts_op9_mlp_view_kiai", files["digits_nchw"], opts, ["Gemm", "view_reshape_subgraph", "keep_initializers_as_inputs", "dynamic_batch"], "digits")
+    ts_entry(
+        "torch_ts_op9_mlp_view_kiai",
+        files["digits_nchw"],
+        opts,
+        ["Gemm", "view_reshape_subgraph", "keep_initializers_as_inputs", "dynamic_batch"],
+        "digits",
+    )
     opts = export_ts(m, dig1, "torch_ts_op13_mlp_view", 13)
     ts_entry("torch_ts_op13_mlp_view", files["digits_nchw"], opts, ["Gemm", "view_reshape_subgraph", "dynamic_batch"], "digits")
 
@@ -395,7 +418,13 @@ def main() -> None:
 
     m = trained(CnnBnRelu6, d["digits"], 15)
     opts = export_ts(m, dig1, "torch_ts_op11_cnn_bn2d_relu6", 11)
-    ts_entry("torch_ts_op11_cnn_bn2d_relu6", files["digits_nchw"], opts, ["Conv2d", "BatchNorm2d_folded", "ReLU6_Clip_inputs", "MaxPool", "Flatten", "Gemm", "dynamic_batch"], "digits")
+    ts_entry(
+        "torch_ts_op11_cnn_bn2d_relu6",
+        files["digits_nchw"],
+        opts,
+        ["Conv2d", "BatchNorm2d_folded", "ReLU6_Clip_inputs", "MaxPool", "Flatten", "Gemm", "dynamic_batch"],
+        "digits",
+    )
     opts = export_ts(m, dig1, "torch_ts_op9_cnn_bn2d_relu6_nofold", 9, do_constant_folding=False, dynamic=False)
     ts_entry(
         "torch_ts_op9_cnn_bn2d_relu6_nofold",
@@ -446,7 +475,13 @@ def main() -> None:
 
     m = trained(Cnn1d, d["signal"], 8)
     opts = export_ts(m, torch.zeros(1, 1, 64), "torch_ts_op17_cnn1d", 17)
-    ts_entry("torch_ts_op17_cnn1d", files["signal_ncw"], opts, ["Conv1d", "BatchNorm1d_folded", "MaxPool1d", "Flatten", "Gemm", "dynamic_batch"], "synthetic")
+    ts_entry(
+        "torch_ts_op17_cnn1d",
+        files["signal_ncw"],
+        opts,
+        ["Conv1d", "BatchNorm1d_folded", "MaxPool1d", "Flatten", "Gemm", "dynamic_batch"],
+        "synthetic",
+    )
     cnn1d = m
 
     m = trained(MnistCnn, d["mnist"], 3)
@@ -461,7 +496,9 @@ def main() -> None:
     mp = onnx.shape_inference.infer_shapes(mp)
     mp = update_model_dims.update_inputs_outputs_dims(mp, {"input": ["N", 1, 28, 28]}, {"output": ["N", 10]})
     onnx.save(mp, str(common.model_path(name)))
-    opts["post_export"] = "onnx.shape_inference.infer_shapes + onnx.tools.update_model_dims.update_inputs_outputs_dims(input/output batch 'N')"
+    opts["post_export"] = (
+        "onnx.shape_inference.infer_shapes + onnx.tools.update_model_dims.update_inputs_outputs_dims(input/output batch 'N')"
+    )
     ts_entry(
         name,
         files["mnist_nchw"],
@@ -471,7 +508,13 @@ def main() -> None:
         notes="input and output batch are symbolic ('N') while every intermediate value_info says batch 1",
     )
     opts = export_ts(m, mn1, "torch_ts_op13_cnn_static", 13, dynamic=False)
-    ts_entry("torch_ts_op13_cnn_static", files["mnist_nchw"], opts, ["Conv2d", "BatchNorm2d_folded", "MaxPool", "Flatten", "Gemm", "fixed_batch_1"], "mnist")
+    ts_entry(
+        "torch_ts_op13_cnn_static",
+        files["mnist_nchw"],
+        opts,
+        ["Conv2d", "BatchNorm2d_folded", "MaxPool", "Flatten", "Gemm", "fixed_batch_1"],
+        "mnist",
+    )
 
     # super-resolution (large activations), trained for a few steps
     xs, ys, sr_file = sr_data()
@@ -517,12 +560,24 @@ def main() -> None:
 
     # --- dynamo exporter
     opts = export_dynamo(mnist_cnn, torch.zeros(2, 1, 28, 28), "torch_dynamo_op18_cnn", 18)
-    dynamo_entry("torch_dynamo_op18_cnn", files["mnist_nchw"], opts, ["Conv2d", "BatchNorm2d_folded", "MaxPool", "Flatten_as_Reshape", "Gemm", "dynamic_batch"], "mnist")
+    dynamo_entry(
+        "torch_dynamo_op18_cnn",
+        files["mnist_nchw"],
+        opts,
+        ["Conv2d", "BatchNorm2d_folded", "MaxPool", "Flatten_as_Reshape", "Gemm", "dynamic_batch"],
+        "mnist",
+    )
     m = trained(MlpView, d["digits"], 30)
     opts = export_dynamo(m, torch.zeros(2, 1, 8, 8), "torch_dynamo_op20_mlp_view", 20)
     dynamo_entry("torch_dynamo_op20_mlp_view", files["digits_nchw"], opts, ["Gemm", "view_Reshape_const_shape", "dynamic_batch"], "digits")
     opts = export_dynamo(cnn1d, torch.zeros(2, 1, 64), "torch_dynamo_op18_cnn1d", 18)
-    dynamo_entry("torch_dynamo_op18_cnn1d", files["signal_ncw"], opts, ["Conv1d", "BatchNorm1d_folded", "MaxPool1d", "Flatten_as_Reshape", "Gemm", "dynamic_batch"], "synthetic")
+    dynamo_entry(
+        "torch_dynamo_op18_cnn1d",
+        files["signal_ncw"],
+        opts,
+        ["Conv1d", "BatchNorm1d_folded", "MaxPool1d", "Flatten_as_Reshape", "Gemm", "dynamic_batch"],
+        "synthetic",
+    )
     opts = export_dynamo(mobilenet, torch.zeros(1, 1, 28, 28), "torch_dynamo_op18_mobilenet_block_static", 18, dynamic=False)
     dynamo_entry(
         "torch_dynamo_op18_mobilenet_block_static",

@@ -83,8 +83,15 @@ PROCESSING_SYSTEMS = {
 # the project does not state one.
 DEFAULT_CLOCK_UNCERTAINTY = {"vitis": "27%", "vivado": "12.5%"}
 
-_ROUNDING = {"AP_TRN": "TRN", "AP_TRN_ZERO": "TRN_ZERO", "AP_RND": "RND", "AP_RND_ZERO": "RND_ZERO",
-             "AP_RND_MIN_INF": "RND_MIN_INF", "AP_RND_INF": "RND_INF", "AP_RND_CONV": "RND_CONV"}
+_ROUNDING = {
+    "AP_TRN": "TRN",
+    "AP_TRN_ZERO": "TRN_ZERO",
+    "AP_RND": "RND",
+    "AP_RND_ZERO": "RND_ZERO",
+    "AP_RND_MIN_INF": "RND_MIN_INF",
+    "AP_RND_INF": "RND_INF",
+    "AP_RND_CONV": "RND_CONV",
+}
 _SATURATION = {"AP_WRAP": "WRAP", "AP_SAT": "SAT", "AP_SAT_ZERO": "SAT_ZERO", "AP_SAT_SYM": "SAT_SYM", "AP_WRAP_SM": "WRAP_SM"}
 SUPPORTED_SATURATION = ("WRAP", "SAT", "SAT_ZERO", "SAT_SYM")
 
@@ -141,8 +148,10 @@ def word_bits_for(width: int) -> int:
     for bits in WORD_BITS:
         if width <= bits:
             return bits
-    raise BundleError(f"a {width}-bit value does not fit the bundle's widest stream word ({WORD_BITS[-1]} bits)",
-                      hint="use a narrower --width or --precision for the model's input and output")
+    raise BundleError(
+        f"a {width}-bit value does not fit the bundle's widest stream word ({WORD_BITS[-1]} bits)",
+        hint="use a narrower --width or --precision for the model's input and output",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,8 +164,13 @@ def _parse_c_type(text: str) -> tuple[FixedType, bool] | None:
     match = re.fullmatch(r"ap_(u?)fixed\s*<\s*(\d+)\s*,\s*(-?\d+)\s*(?:,\s*(\w+)\s*)?(?:,\s*(\w+)\s*)?(?:,\s*\d+\s*)?>", text)
     if match:
         unsigned, width, integer, rounding, saturation = match.groups()
-        return FixedType(int(width), int(integer), not unsigned, _ROUNDING.get(rounding or "AP_TRN", rounding or "TRN"),
-                         _SATURATION.get(saturation or "AP_WRAP", saturation or "WRAP")), True
+        return FixedType(
+            int(width),
+            int(integer),
+            not unsigned,
+            _ROUNDING.get(rounding or "AP_TRN", rounding or "TRN"),
+            _SATURATION.get(saturation or "AP_WRAP", saturation or "WRAP"),
+        ), True
     match = re.fullmatch(r"ap_(u?)int\s*<\s*(\d+)\s*>", text)
     if match:
         width = int(match.group(2))
@@ -190,8 +204,10 @@ def read_hls_interface(project_dir: Path, top_function: str) -> HlsInterface:
     header_path = project_dir / "firmware" / f"{top_function}.h"
     defines_path = project_dir / "firmware" / "defines.h"
     if not header_path.is_file() or not defines_path.is_file():
-        raise BundleError(f"{project_dir}: no hls4ml project with top function '{top_function}' (missing {header_path.name} or defines.h)",
-                          hint="pass the project folder and top function of an FPGA segment built by edgec")
+        raise BundleError(
+            f"{project_dir}: no hls4ml project with top function '{top_function}' (missing {header_path.name} or defines.h)",
+            hint="pass the project folder and top function of an FPGA segment built by edgec",
+        )
     header, defines = header_path.read_text(), defines_path.read_text()
     source_path = project_dir / "firmware" / f"{top_function}.cpp"
     source = source_path.read_text() if source_path.is_file() else ""
@@ -200,8 +216,10 @@ def read_hls_interface(project_dir: Path, top_function: str) -> HlsInterface:
         raise BundleError(f"{header_path}: no prototype of '{top_function}'", hint="check the segment's top_function")
     args = [a.strip() for a in match.group(1).split(",") if a.strip()]
     if len(args) != 2:
-        raise BundleError(f"'{top_function}' has {len(args)} ports; the bundle supports one input and one output",
-                          hint="split the model so each FPGA segment has one input and one output")
+        raise BundleError(
+            f"'{top_function}' has {len(args)} ports; the bundle supports one input and one output",
+            hint="split the model so each FPGA segment has one input and one output",
+        )
     typedefs = _typedefs(defines)
     ports: list[HlsPort] = []
     io_types: set[str] = set()
@@ -214,7 +232,9 @@ def read_hls_interface(project_dir: Path, top_function: str) -> HlsInterface:
             element = typedefs.get(c_type, "")
             packed = re.fullmatch(r"nnet::array\s*<\s*(.+)\s*,\s*([\w\s*]+)\s*>", element)
             if packed is None:
-                raise BundleError(f"'{top_function}': stream type {c_type} is not an nnet::array ('{element}')", hint="check the pinned hls4ml version")
+                raise BundleError(
+                    f"'{top_function}': stream type {c_type} is not an nnet::array ('{element}')", hint="check the pinned hls4ml version"
+                )
             parsed, pack = _parse_c_type(packed.group(1)), _eval_size(packed.group(2), defines)
             n_values = None
         elif array:
@@ -224,16 +244,32 @@ def read_hls_interface(project_dir: Path, top_function: str) -> HlsInterface:
         else:
             raise BundleError(f"'{top_function}': cannot read the port '{arg}'", hint="check the pinned hls4ml version")
         if parsed is None:
-            raise BundleError(f"'{top_function}': port {name} has type '{typedefs.get(c_type, c_type)}', not an ap_fixed/ap_int",
-                              hint="the bundle carries fixed-point and integer ports only")
+            raise BundleError(
+                f"'{top_function}': port {name} has type '{typedefs.get(c_type, c_type)}', not an ap_fixed/ap_int",
+                hint="the bundle carries fixed-point and integer ports only",
+            )
         value_type, is_fixed = parsed
-        directive = re.search(rf"#pragma\s+HLS\s+(ARRAY_RESHAPE|ARRAY_PARTITION)\s+variable\s*=\s*{re.escape(name)}\s+complete\s+dim\s*=\s*0", source)
-        ports.append(HlsPort(name, c_type, value_type, is_fixed, n_values if n_values is not None else -1, pack,
-                             directive.group(1) if directive and array else None))
+        directive = re.search(
+            rf"#pragma\s+HLS\s+(ARRAY_RESHAPE|ARRAY_PARTITION)\s+variable\s*=\s*{re.escape(name)}\s+complete\s+dim\s*=\s*0", source
+        )
+        ports.append(
+            HlsPort(
+                name,
+                c_type,
+                value_type,
+                is_fixed,
+                n_values if n_values is not None else -1,
+                pack,
+                directive.group(1) if directive and array else None,
+            )
+        )
     if len(io_types) != 1:
         raise BundleError(f"'{top_function}' mixes array and stream ports", hint="check the pinned hls4ml version")
-    settings = dict(re.findall(r'^\s*set\s+(\w+)\s+"?([^"\n]*?)"?\s*$', (project_dir / "project.tcl").read_text(), re.MULTILINE)) \
-        if (project_dir / "project.tcl").is_file() else {}
+    settings = (
+        dict(re.findall(r'^\s*set\s+(\w+)\s+"?([^"\n]*?)"?\s*$', (project_dir / "project.tcl").read_text(), re.MULTILINE))
+        if (project_dir / "project.tcl").is_file()
+        else {}
+    )
     backend = settings.get("backend", "vitis").lower()
     backend = "vivado" if backend.startswith("vivado") else "vitis"
     uncertainty = settings.get("clock_uncertainty") or DEFAULT_CLOCK_UNCERTAINTY[backend]
@@ -242,13 +278,20 @@ def read_hls_interface(project_dir: Path, top_function: str) -> HlsInterface:
 
 def _with_sizes(interface: HlsInterface, n_in: int, n_out: int) -> HlsInterface:
     """Stream ports do not state their length: take it from the segment's shapes."""
+
     def sized(port: HlsPort, n: int) -> HlsPort:
         if port.n_values >= 0:
             return port
         return HlsPort(port.name, port.c_type, port.value_type, port.is_fixed, n, port.pack, port.array_directive)
 
-    return HlsInterface(interface.top_function, interface.io_type, sized(interface.input, n_in), sized(interface.output, n_out),
-                        interface.backend, interface.clock_uncertainty)
+    return HlsInterface(
+        interface.top_function,
+        interface.io_type,
+        sized(interface.input, n_in),
+        sized(interface.output, n_out),
+        interface.backend,
+        interface.clock_uncertainty,
+    )
 
 
 def fpga_segment_from_build(build_dir: Path, index: int = 0, name: str | None = None) -> BundleSegment:
@@ -264,9 +307,16 @@ def fpga_segment_from_build(build_dir: Path, index: int = 0, name: str | None = 
     perm = meta.get("input_perm")
     canonical_in = [model_shape[p] for p in perm] if perm else model_shape
     return BundleSegment(
-        index=index, placement="fpga", name=sanitize_identifier(name or top), input_shape=canonical_in[1:],
-        output_shape=[int(d) for d in meta["canonical_output_shape"][1:]], input_perm=perm, output_perm=meta.get("output_perm"),
-        project_dir="hls", top_function=top, io_type=interface.io_type,
+        index=index,
+        placement="fpga",
+        name=sanitize_identifier(name or top),
+        input_shape=canonical_in[1:],
+        output_shape=[int(d) for d in meta["canonical_output_shape"][1:]],
+        input_perm=perm,
+        output_perm=meta.get("output_perm"),
+        project_dir="hls",
+        top_function=top,
+        io_type=interface.io_type,
         input_type=(interface.input.value_type.width, interface.input.value_type.integer, interface.input.value_type.signed),
         output_type=(interface.output.value_type.width, interface.output.value_type.integer, interface.output.value_type.signed),
     )
@@ -284,8 +334,11 @@ def _check_perm(segment: BundleSegment, perm: list[int] | None, ndim: int, what:
     if perm is None:
         return
     if sorted(perm) != list(range(ndim + 1)) or perm[0] != 0:
-        raise BundleError(f"segment {segment.index} ({segment.name}): {what} {perm} is not a permutation of the batched "
-                          f"{ndim + 1}-d array that keeps the batch axis first", hint="check the partitioner's layouts")
+        raise BundleError(
+            f"segment {segment.index} ({segment.name}): {what} {perm} is not a permutation of the batched "
+            f"{ndim + 1}-d array that keeps the batch axis first",
+            hint="check the partitioner's layouts",
+        )
 
 
 def _fpga_interface(build_dir: Path, segment: BundleSegment) -> HlsInterface:
@@ -296,25 +349,40 @@ def _fpga_interface(build_dir: Path, segment: BundleSegment) -> HlsInterface:
     n_in, n_out = _size(segment.input_shape), _size(segment.output_shape)
     interface = _with_sizes(interface, n_in, n_out)
     if segment.io_type and segment.io_type != interface.io_type:
-        raise BundleError(f"{label}: io_type {segment.io_type} but the project is {interface.io_type}", hint="take io_type from the project")
-    for port, n, stated, what in ((interface.input, n_in, segment.input_type, "input"), (interface.output, n_out, segment.output_type, "output")):
+        raise BundleError(
+            f"{label}: io_type {segment.io_type} but the project is {interface.io_type}", hint="take io_type from the project"
+        )
+    for port, n, stated, what in (
+        (interface.input, n_in, segment.input_type, "input"),
+        (interface.output, n_out, segment.output_type, "output"),
+    ):
         actual = (port.value_type.width, port.value_type.integer, port.value_type.signed)
         if port.n_values != n or n % port.pack:
-            raise BundleError(f"{label}: the {what} shape holds {n} values, the project's port {port.name} {port.n_values} "
-                              f"(in packets of {port.pack})", hint="the segment's shapes must match its hls4ml project")
+            raise BundleError(
+                f"{label}: the {what} shape holds {n} values, the project's port {port.name} {port.n_values} (in packets of {port.pack})",
+                hint="the segment's shapes must match its hls4ml project",
+            )
         if stated is not None and tuple(stated) != actual:
-            raise BundleError(f"{label}: {what}_type {tuple(stated)} but the project's {port.c_type} is {actual} (width, integer, signed)",
-                              hint="take the types from the project (edgec.backends.bundle.read_hls_interface)")
+            raise BundleError(
+                f"{label}: {what}_type {tuple(stated)} but the project's {port.c_type} is {actual} (width, integer, signed)",
+                hint="take the types from the project (edgec.backends.bundle.read_hls_interface)",
+            )
         word_bits_for(port.value_type.width)
         if port.value_type.rounding not in _ROUNDING.values():
-            raise BundleError(f"{label}: the {what} type's rounding mode {port.value_type.rounding} is unknown to the driver",
-                              hint=f"use one of {', '.join(_ROUNDING.values())}")
+            raise BundleError(
+                f"{label}: the {what} type's rounding mode {port.value_type.rounding} is unknown to the driver",
+                hint=f"use one of {', '.join(_ROUNDING.values())}",
+            )
         if port.value_type.saturation not in SUPPORTED_SATURATION:
-            raise BundleError(f"{label}: the {what} type uses {port.value_type.saturation} overflow, which the driver does not reproduce",
-                              hint=f"use one of {', '.join(SUPPORTED_SATURATION)}")
+            raise BundleError(
+                f"{label}: the {what} type uses {port.value_type.saturation} overflow, which the driver does not reproduce",
+                hint=f"use one of {', '.join(SUPPORTED_SATURATION)}",
+            )
         if not port.is_fixed and port.value_type.width == 1 and not port.value_type.signed:
-            raise BundleError(f"{label}: the {what} port is 1-bit (an hls4ml xnor/bipolar type), which the bundle does not encode",
-                              hint="give the model a fixed-point input/output (e.g. a 2-bit +-1 type)")
+            raise BundleError(
+                f"{label}: the {what} port is 1-bit (an hls4ml xnor/bipolar type), which the bundle does not encode",
+                hint="give the model a fixed-point input/output (e.g. a 2-bit +-1 type)",
+            )
     return interface
 
 
@@ -350,10 +418,20 @@ def _port_context(port: HlsPort, io_type: str) -> dict:
     """A port as the templates use it: C types, the value's fixed-point format and its stream word."""
     value = port.value_type
     return {
-        "name": port.name, "c_type": port.c_type, "width": value.width, "integer": value.integer, "signed": value.signed,
-        "fraction": value.width - value.integer, "is_fixed": port.is_fixed, "pack": port.pack, "n_values": port.n_values,
-        "rounding": value.rounding, "saturation": value.saturation, "word_bits": word_bits_for(value.width),
-        "packets": port.n_values // port.pack, "array_directive": port.array_directive,
+        "name": port.name,
+        "c_type": port.c_type,
+        "width": value.width,
+        "integer": value.integer,
+        "signed": value.signed,
+        "fraction": value.width - value.integer,
+        "is_fixed": port.is_fixed,
+        "pack": port.pack,
+        "n_values": port.n_values,
+        "rounding": value.rounding,
+        "saturation": value.saturation,
+        "word_bits": word_bits_for(value.width),
+        "packets": port.n_values // port.pack,
+        "array_directive": port.array_directive,
         "c_value_type": f"{port.c_type}::value_type" if io_type == "io_stream" else port.c_type,
     }
 
@@ -369,8 +447,9 @@ def _model_input_shape(first: BundleSegment) -> list[int]:
     return model[1:]
 
 
-def render_bundle(build_dir: Path, segments: list[BundleSegment], target: Target, model_name: str,
-                  check_data: tuple[np.ndarray, np.ndarray] | None = None) -> list[Path]:
+def render_bundle(
+    build_dir: Path, segments: list[BundleSegment], target: Target, model_name: str, check_data: tuple[np.ndarray, np.ndarray] | None = None
+) -> list[Path]:
     """Write ``build_dir/deploy/`` for ``segments`` (in order) on ``target``; returns the files written.
 
     ``check_data`` = (inputs in the model's layout, the outputs the build's simulation gave for
@@ -394,55 +473,86 @@ def render_bundle(build_dir: Path, segments: list[BundleSegment], target: Target
         if segment.index != position:
             raise BundleError(f"{label} is at position {position} of the chain", hint="number segments 0, 1, 2... in chain order")
         if segment.name != sanitize_identifier(segment.name) or segment.name in names:
-            raise BundleError(f"{label}: the name must be a unique C identifier", hint="use edgec.backends.hls4ml_backend.sanitize_identifier")
+            raise BundleError(
+                f"{label}: the name must be a unique C identifier", hint="use edgec.backends.hls4ml_backend.sanitize_identifier"
+            )
         names.add(segment.name)
         _check_perm(segment, segment.input_perm, len(segment.input_shape), "input_perm")
         _check_perm(segment, segment.output_perm, len(segment.output_shape), "output_perm")
         if previous_size is not None and previous_size != _size(segment.input_shape):
-            raise BundleError(f"{label} takes {_size(segment.input_shape)} values per sample, the segment before it gives {previous_size}",
-                              hint="the segments' shapes must chain")
+            raise BundleError(
+                f"{label} takes {_size(segment.input_shape)} values per sample, the segment before it gives {previous_size}",
+                hint="the segments' shapes must chain",
+            )
         previous_size = _size(segment.output_shape)
-        common = {"index": segment.index, "name": segment.name, "placement": segment.placement, "input_shape": list(segment.input_shape),
-                  "output_shape": list(segment.output_shape), "input_perm": segment.input_perm, "output_perm": segment.output_perm}
+        common = {
+            "index": segment.index,
+            "name": segment.name,
+            "placement": segment.placement,
+            "input_shape": list(segment.input_shape),
+            "output_shape": list(segment.output_shape),
+            "input_perm": segment.input_perm,
+            "output_perm": segment.output_perm,
+        }
         if segment.placement == "fpga":
             interface = _fpga_interface(build_dir, segment)
             ip = sanitize_identifier(f"{segment.name}_axis")
             firmware = Path("..", segment.project_dir, "firmware").as_posix()
             context = {
-                **common, "ip": ip, "top": interface.top_function, "io_type": interface.io_type, "firmware_dir": firmware,
-                "backend": interface.backend, "clock_uncertainty": interface.clock_uncertainty,
-                "input": _port_context(interface.input, interface.io_type), "output": _port_context(interface.output, interface.io_type),
+                **common,
+                "ip": ip,
+                "top": interface.top_function,
+                "io_type": interface.io_type,
+                "firmware_dir": firmware,
+                "backend": interface.backend,
+                "clock_uncertainty": interface.clock_uncertainty,
+                "input": _port_context(interface.input, interface.io_type),
+                "output": _port_context(interface.output, interface.io_type),
                 "dma": f"axi_dma_{segment.index}",
             }
             fpga_contexts.append(context)
-            driver_segments.append({**common, "ip": ip, "dma": context["dma"],
-                                    "input_format": {k: context["input"][k] for k in ("width", "integer", "signed", "rounding", "saturation", "word_bits")},
-                                    "output_format": {k: context["output"][k] for k in ("width", "integer", "signed", "word_bits")},
-                                    "n_in": interface.input.n_values, "n_out": interface.output.n_values})
+            driver_segments.append(
+                {
+                    **common,
+                    "ip": ip,
+                    "dma": context["dma"],
+                    "input_format": {k: context["input"][k] for k in ("width", "integer", "signed", "rounding", "saturation", "word_bits")},
+                    "output_format": {k: context["output"][k] for k in ("width", "integer", "signed", "word_bits")},
+                    "n_in": interface.input.n_values,
+                    "n_out": interface.output.n_values,
+                }
+            )
         elif segment.placement == "cpu":
             meta = _read_cpu_meta(build_dir, segment)
             lib_shape = [d for d in meta["library_input_shape"]]
             rest = [int(d) for d in lib_shape[1:]] if lib_shape else []
             if _size(rest) != _size(segment.input_shape):
-                raise BundleError(f"{label}: the library takes {lib_shape}, the segment {segment.input_shape} per sample",
-                                  hint="the sidecar's input_shape must match the segment")
+                raise BundleError(
+                    f"{label}: the library takes {lib_shape}, the segment {segment.input_shape} per sample",
+                    hint="the sidecar's input_shape must match the segment",
+                )
             source = build_dir / segment.library
             destination = Path("cpu") / source.name
             cpu_copies.append((source, destination))
-            driver_segments.append({**common, **meta, "library": destination.as_posix(),
-                                    "per_sample": isinstance(lib_shape[0], int) and lib_shape[0] == 1})
+            driver_segments.append(
+                {**common, **meta, "library": destination.as_posix(), "per_sample": isinstance(lib_shape[0], int) and lib_shape[0] == 1}
+            )
         else:
             raise BundleError(f"{label}: placement '{segment.placement}' is neither 'fpga' nor 'cpu'", hint="use 'fpga' or 'cpu'")
 
     ps = None
     if fpga_contexts:
         if target.part is None:
-            raise BundleError(f"target '{target.name}' has no FPGA, but the chain has FPGA segments",
-                              hint="choose a board with an FPGA (see `edgec targets`)")
+            raise BundleError(
+                f"target '{target.name}' has no FPGA, but the chain has FPGA segments",
+                hint="choose a board with an FPGA (see `edgec targets`)",
+            )
         ps = PROCESSING_SYSTEMS.get(str(target.family))
         if ps is None:
-            raise BundleError(f"target '{target.name}' ({target.family}) has no Zynq processing system to run the PYNQ driver",
-                              hint="deploy to a Zynq board (pynq-z2, zcu104, ultra96v2, kv260)")
+            raise BundleError(
+                f"target '{target.name}' ({target.family}) has no Zynq processing system to run the PYNQ driver",
+                hint="deploy to a Zynq board (pynq-z2, zcu104, ultra96v2, kv260)",
+            )
 
     deploy = build_dir / DEPLOY_DIR
     if deploy.exists():
@@ -465,17 +575,52 @@ def render_bundle(build_dir: Path, segments: list[BundleSegment], target: Target
         common = {"edgec_version": version, "model_name": overlay, "seg": context}
         write(f"{context['ip']}.h", render("deploy/axis_wrapper.h.j2", **common))
         write(f"{context['ip']}.cpp", render("deploy/axis_wrapper.cpp.j2", **common))
-        write(f"hls_{context['ip']}.tcl", render("deploy/hls_ip.tcl.j2", **common, part=target.part,
-                                                   clock_ns=round(1000.0 / target.clock_mhz, 3), vendor=IP_VENDOR,
-                                                   library=IP_LIBRARY, ip_version=IP_VERSION))
+        write(
+            f"hls_{context['ip']}.tcl",
+            render(
+                "deploy/hls_ip.tcl.j2",
+                **common,
+                part=target.part,
+                clock_ns=round(1000.0 / target.clock_mhz, 3),
+                vendor=IP_VENDOR,
+                library=IP_LIBRARY,
+                ip_version=IP_VERSION,
+            ),
+        )
     if fpga_contexts:
         dma = {"mm_bits": max(32, pspl_bits), "length_width": DMA_LENGTH_WIDTH, "burst": DMA_BURST_BEATS}
-        write(f"vivado_{overlay}.tcl", render("deploy/vivado_overlay.tcl.j2", edgec_version=version, model_name=overlay, overlay=overlay,
-                                              target=target.name, part=target.part, family=target.family, ps=ps, clock_mhz_text=f"{target.clock_mhz:g}",
-                                              board_pattern=target.board_part or "", segments=fpga_contexts,
-                                              hp_bits=pspl_bits, dma=dma, vendor=IP_VENDOR, library=IP_LIBRARY, ip_version=IP_VERSION))
-        write("build.sh", render("deploy/build.sh.j2", edgec_version=version, overlay=overlay, segments=fpga_contexts,
-                                 prefer_vivado_hls=all(c["backend"] == "vivado" for c in fpga_contexts)), executable=True)
+        write(
+            f"vivado_{overlay}.tcl",
+            render(
+                "deploy/vivado_overlay.tcl.j2",
+                edgec_version=version,
+                model_name=overlay,
+                overlay=overlay,
+                target=target.name,
+                part=target.part,
+                family=target.family,
+                ps=ps,
+                clock_mhz_text=f"{target.clock_mhz:g}",
+                board_pattern=target.board_part or "",
+                segments=fpga_contexts,
+                hp_bits=pspl_bits,
+                dma=dma,
+                vendor=IP_VENDOR,
+                library=IP_LIBRARY,
+                ip_version=IP_VERSION,
+            ),
+        )
+        write(
+            "build.sh",
+            render(
+                "deploy/build.sh.j2",
+                edgec_version=version,
+                overlay=overlay,
+                segments=fpga_contexts,
+                prefer_vivado_hls=all(c["backend"] == "vivado" for c in fpga_contexts),
+            ),
+            executable=True,
+        )
     for source, destination in cpu_copies:
         (deploy / destination).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, deploy / destination)
@@ -485,18 +630,48 @@ def render_bundle(build_dir: Path, segments: list[BundleSegment], target: Target
         np.savez(deploy / "check.npz", x=x, y=y)
         written.append(deploy / "check.npz")
     bundle = {
-        "edgec_version": version, "model_name": overlay, "overlay": overlay, "target": target.name,
-        "model_input_shape": model_input_shape, "max_dma_bytes": 2**DMA_LENGTH_WIDTH - 1, "segments": driver_segments,
+        "edgec_version": version,
+        "model_name": overlay,
+        "overlay": overlay,
+        "target": target.name,
+        "model_input_shape": model_input_shape,
+        "max_dma_bytes": 2**DMA_LENGTH_WIDTH - 1,
+        "segments": driver_segments,
     }
-    write("edgec_driver.py", render("deploy/edgec_driver.py.j2", edgec_version=version, bundle=bundle, overlay=overlay, model_name=overlay,
-                                    has_fpga=bool(fpga_contexts), has_cpu=bool(cpu_copies)))
-    write("README.md", render("deploy/README.md.j2", edgec_version=version, model_name=overlay, overlay=overlay, target=target,
-                              segments=driver_segments, fpga=fpga_contexts, has_cpu=bool(cpu_copies), cpu_libraries=[d.as_posix() for _, d in cpu_copies],
-                              has_check=check_data is not None, model_input_shape=model_input_shape,
-                              prefer_vivado_hls=bool(fpga_contexts) and all(c["backend"] == "vivado" for c in fpga_contexts),
-                              word_bits=WORD_BITS, max_dma_bytes=2**DMA_LENGTH_WIDTH - 1, pspl_bits=pspl_bits,
-                              clock_mhz_text=f"{target.clock_mhz:g}" if target.clock_mhz else "",
-                              tvm_version=next((s["tvm_version"] for s in driver_segments if s.get("tvm_version")), "")))
+    write(
+        "edgec_driver.py",
+        render(
+            "deploy/edgec_driver.py.j2",
+            edgec_version=version,
+            bundle=bundle,
+            overlay=overlay,
+            model_name=overlay,
+            has_fpga=bool(fpga_contexts),
+            has_cpu=bool(cpu_copies),
+        ),
+    )
+    write(
+        "README.md",
+        render(
+            "deploy/README.md.j2",
+            edgec_version=version,
+            model_name=overlay,
+            overlay=overlay,
+            target=target,
+            segments=driver_segments,
+            fpga=fpga_contexts,
+            has_cpu=bool(cpu_copies),
+            cpu_libraries=[d.as_posix() for _, d in cpu_copies],
+            has_check=check_data is not None,
+            model_input_shape=model_input_shape,
+            prefer_vivado_hls=bool(fpga_contexts) and all(c["backend"] == "vivado" for c in fpga_contexts),
+            word_bits=WORD_BITS,
+            max_dma_bytes=2**DMA_LENGTH_WIDTH - 1,
+            pspl_bits=pspl_bits,
+            clock_mhz_text=f"{target.clock_mhz:g}" if target.clock_mhz else "",
+            tvm_version=next((s["tvm_version"] for s in driver_segments if s.get("tvm_version")), ""),
+        ),
+    )
     return written
 
 
@@ -515,8 +690,13 @@ class AxisEmulation:
         self._fn = getattr(self._lib, f"{ip}_host_run")
         pointer = np.ctypeslib.ndpointer
         self._fn.restype = ctypes.c_long
-        self._fn.argtypes = [pointer(ctypes.c_longlong, flags="C_CONTIGUOUS"), ctypes.c_long,
-                             pointer(ctypes.c_longlong, flags="C_CONTIGUOUS"), pointer(ctypes.c_ubyte, flags="C_CONTIGUOUS"), ctypes.c_long]
+        self._fn.argtypes = [
+            pointer(ctypes.c_longlong, flags="C_CONTIGUOUS"),
+            ctypes.c_long,
+            pointer(ctypes.c_longlong, flags="C_CONTIGUOUS"),
+            pointer(ctypes.c_ubyte, flags="C_CONTIGUOUS"),
+            ctypes.c_long,
+        ]
 
     def run(self, words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stream ``words`` (whole samples; TLAST on the last) in; returns the output words (raw
@@ -555,8 +735,20 @@ def compile_axis_emulation(build_dir: Path, segment: BundleSegment, out_dir: Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     library = out_dir / f"{ip}_host.so"
     command = [
-        "g++", "-std=c++14", "-O1", "-fPIC", "-shared", "-DEDGEC_HOST_AXIS", f"-I{firmware}", f"-I{firmware / 'ap_types'}",
-        f"-I{wrapper.parent.resolve()}", str(wrapper.resolve()), str(simulations[-1]), f"-Wl,-rpath,{firmware}", "-o", str(library),
+        "g++",
+        "-std=c++14",
+        "-O1",
+        "-fPIC",
+        "-shared",
+        "-DEDGEC_HOST_AXIS",
+        f"-I{firmware}",
+        f"-I{firmware / 'ap_types'}",
+        f"-I{wrapper.parent.resolve()}",
+        str(wrapper.resolve()),
+        str(simulations[-1]),
+        f"-Wl,-rpath,{firmware}",
+        "-o",
+        str(library),
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:

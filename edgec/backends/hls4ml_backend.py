@@ -196,7 +196,9 @@ def _configure_softmax(layer, width: int) -> None:
     sum_int = int(math.floor(math.log2(max(n, 1)))) + 1  # the sum of n exponentials is in [1, n]
     frac = SOFTMAX_TABLE_BITS - 1
     name = layer.name
-    layer.set_attr("inp_norm_t", _named_type(f"{name}_inp_norm_t", FixedType(SOFTMAX_NORM_BITS, SOFTMAX_NORM_INTEGER_BITS, False, "RND", "SAT")))
+    layer.set_attr(
+        "inp_norm_t", _named_type(f"{name}_inp_norm_t", FixedType(SOFTMAX_NORM_BITS, SOFTMAX_NORM_INTEGER_BITS, False, "RND", "SAT"))
+    )
     layer.set_attr("exp_table_t", _named_type(f"{name}_exp_table_t", FixedType(SOFTMAX_TABLE_BITS, 1, False, "RND", "SAT")))
     layer.set_attr("accum_t", _named_type(f"{name}_accum_t", FixedType(sum_int + frac, sum_int, False, "RND", "SAT")))
     layer.set_attr("inv_inp_t", _named_type(f"{name}_inv_inp_t", FixedType(sum_int + frac, sum_int, False, "TRN", "SAT")))
@@ -336,12 +338,17 @@ def _exact_thresholds(layer, model: ModelWrapper, in_t: FixedType) -> None:
         threshold = np.asarray(model.get_initializer(node.input[1]), dtype=np.float64)
     else:
         threshold = np.asarray(weight.data, dtype=np.float64)
-    lsb = 2.0 ** -in_t.fractional
+    lsb = 2.0**-in_t.fractional
     grid = np.ceil(threshold / lsb) * lsb  # x >= t  <=>  x >= ceil(t) for x on the grid
     low = -in_t.max_abs if in_t.signed else 0.0
     grid = np.clip(grid, low, in_t.max_abs - lsb)  # a threshold above every input value saturates at the largest
     size = int(np.size(weight.data))
-    weight.data = np.broadcast_to(grid.reshape(-1) if grid.size == size else grid.reshape(-1)[:1], (size,)).astype(np.float64).reshape(np.shape(weight.data)).copy()
+    weight.data = (
+        np.broadcast_to(grid.reshape(-1) if grid.size == size else grid.reshape(-1)[:1], (size,))
+        .astype(np.float64)
+        .reshape(np.shape(weight.data))
+        .copy()
+    )
     _set_weight_type(layer, "threshold", in_t)
 
 
@@ -564,13 +571,17 @@ def _make_weights_relocatable(project_dir: Path, project_name: str) -> None:
     from edgec.templating import render
 
     header = project_dir / "firmware" / "edgec_weights_dir.h"
-    header.write_text(render("edgec_weights_dir.h.j2", edgec_version=__version__, project_name=project_name, fallback_dir="firmware/weights"))
+    header.write_text(
+        render("edgec_weights_dir.h.j2", edgec_version=__version__, project_name=project_name, fallback_dir="firmware/weights")
+    )
     script = project_dir / "build_lib.sh"
     text = script.read_text()
     fixed_dir = 'WEIGHTS_DIR="\\"${BASEDIR}/firmware/weights\\""'
     includes = 'INCFLAGS="-Ifirmware/ap_types/"'
     if fixed_dir not in text or includes not in text:
-        raise ToolchainError("hls4ml's build_lib.sh changed: cannot make the weights folder relocatable", hint="check the pinned hls4ml version")
+        raise ToolchainError(
+            "hls4ml's build_lib.sh changed: cannot make the weights folder relocatable", hint="check the pinned hls4ml version"
+        )
     text = text.replace(fixed_dir, 'WEIGHTS_DIR="edgec_weights_dir()"')
     text = text.replace(includes, 'INCFLAGS="-Ifirmware/ap_types/ -include firmware/edgec_weights_dir.h"')
     script.write_text(text)
@@ -625,7 +636,9 @@ def _compile_with_cache(hm, project_dir: Path, project_name: str) -> None:
 
     stamp = str(hm.config.get_config_value("Stamp"))
     library = project_dir / "firmware" / f"{project_name}-{stamp}.so"
-    key = hashlib.sha256(f"{project_name}|{stamp}|{hls4ml.__version__}|".encode() + (project_dir / "build_lib.sh").read_bytes()).hexdigest()[:24]
+    key = hashlib.sha256(
+        f"{project_name}|{stamp}|{hls4ml.__version__}|".encode() + (project_dir / "build_lib.sh").read_bytes()
+    ).hexdigest()[:24]
     cached = csim_cache_dir() / f"{key}.so"
     if cached.is_file():
         shutil.copyfile(cached, library)
@@ -771,7 +784,9 @@ class HlsProject:
         return {k: np.asarray(v, dtype=np.float64).reshape(x.shape[0], -1) for k, v in traces.items()}
 
 
-def lower(model: ModelWrapper, plan: LoweringPlan, target: Target, project_dir: Path, project_name: str, backend: str = "vitis") -> HlsProject:
+def lower(
+    model: ModelWrapper, plan: LoweringPlan, target: Target, project_dir: Path, project_name: str, backend: str = "vitis"
+) -> HlsProject:
     """Convert the canonical model with hls4ml, apply edgec's types, write and compile the project.
 
     With a user-given precision (``plan.precision``) every type is that one, as in hls4ml's own

@@ -119,7 +119,9 @@ def _integer_attr(value: np.ndarray | None, node: onnx.NodeProto, what: str) -> 
         )
     scalar = float(np.asarray(value).reshape(-1)[0])
     if scalar != round(scalar) or scalar < 1:
-        raise UnsupportedOpsError(f"{node.op_type} node '{node.name}': bit width {scalar:g} is not a positive integer", hint="use integer bit widths")
+        raise UnsupportedOpsError(
+            f"{node.op_type} node '{node.name}': bit width {scalar:g} is not a positive integer", hint="use integer bit widths"
+        )
     return int(round(scalar))
 
 
@@ -164,7 +166,9 @@ def _rounding_nodes(editor: _GraphEditor, y: str, mode: str, prefix: str, node: 
     nodes.append(helper.make_node("Abs", [y], [magnitude], name=editor.fresh(f"{prefix}_abs")))
     if offset is not None:
         shifted = editor.fresh(f"{prefix}_shifted")
-        nodes.append(helper.make_node("Add", [magnitude, editor.constant(f"{prefix}_half", offset)], [shifted], name=editor.fresh(f"{prefix}_shift")))
+        nodes.append(
+            helper.make_node("Add", [magnitude, editor.constant(f"{prefix}_half", offset)], [shifted], name=editor.fresh(f"{prefix}_shift"))
+        )
         magnitude = shifted
     rounded_magnitude = editor.fresh(f"{prefix}_rounded_abs")
     nodes.append(helper.make_node(op, [magnitude], [rounded_magnitude], name=editor.fresh(f"{prefix}_{op.lower()}")))
@@ -211,7 +215,10 @@ def _rewrite_quant(editor: _GraphEditor, node: onnx.NodeProto) -> list[onnx.Node
         # Min/Max would not (TVM imports them as stack + reduce). float32(high) is what qonnx's float32
         # arithmetic gives for 2**b - 1 (one correctly rounded step).
         clamped = editor.fresh(f"{prefix}_clamped")
-        bounds = [editor.constant(f"{prefix}_min_int", float(np.float32(low))), editor.constant(f"{prefix}_max_int", float(np.float32(high)))]
+        bounds = [
+            editor.constant(f"{prefix}_min_int", float(np.float32(low))),
+            editor.constant(f"{prefix}_max_int", float(np.float32(high))),
+        ]
         nodes.append(helper.make_node("Clip", [shifted, *bounds], [clamped], name=editor.fresh(f"{prefix}_clip")))
         more, integer = _rounding_nodes(editor, clamped, mode, prefix, node)
         nodes += more
@@ -429,7 +436,9 @@ def _single_io(model: ModelWrapper, name: str) -> tuple[str, list[int], str]:
     dims = vi.type.tensor_type.shape.dim
     shape = [d.dim_value if d.HasField("dim_value") else 0 for d in dims]
     if not shape or any(s <= 0 for s in shape):
-        raise DynamicShapeError(f"CPU partition '{name}': input '{vi.name}' has no static shape ({shape})", hint="load the model with edgec (batch fixed to 1)")
+        raise DynamicShapeError(
+            f"CPU partition '{name}': input '{vi.name}' has no static shape ({shape})", hint="load the model with edgec (batch fixed to 1)"
+        )
     if shape[0] != 1:
         raise DynamicShapeError(f"CPU partition '{name}': input '{vi.name}' has batch {shape[0]}, not 1", hint="declare batch 1")
     return vi.name, shape, graph.output[0].name
@@ -444,7 +453,9 @@ def _check_tvm_ops(model: ModelWrapper, name: str) -> None:
     known = set(_get_convert_map()) | {"Constant", "If"}
     missing = sorted({f"{n.op_type} ('{n.name or n.output[0]}')" for n in model.graph.node if n.op_type not in known})
     if missing:
-        raise UnsupportedOpsError(f"CPU partition '{name}': TVM cannot import {', '.join(missing)}", hint="keep these layers out of the CPU partition")
+        raise UnsupportedOpsError(
+            f"CPU partition '{name}': TVM cannot import {', '.join(missing)}", hint="keep these layers out of the CPU partition"
+        )
 
 
 def _build(mod, target_dict: dict):
@@ -508,7 +519,9 @@ def compile_cpu_model(model: ModelWrapper, target: Target, out_dir: Path, name: 
         try:
             board_exec.export_library(str(board_path), cc=compiler)
         except Exception as exc:
-            raise CrossCompilerError(f"linking '{board_path.name}' with {compiler} failed: {str(exc).strip().splitlines()[-1][:300]}") from None
+            raise CrossCompilerError(
+                f"linking '{board_path.name}' with {compiler} failed: {str(exc).strip().splitlines()[-1][:300]}"
+            ) from None
         timings["export_board_s"] = time.perf_counter() - start
         if cpu.elf_machine:
             check_elf_machine(board_path, cpu.elf_machine)
@@ -592,7 +605,9 @@ class HostModule:
             raise BuildFolderError(f"{library}: host library missing", hint="rebuild the CPU partition")
         machine = elf_machine(library)
         if machine != host_elf_machine():
-            raise BuildFolderError(f"{library.name} is for {machine}, this machine is {host_elf_machine()}", hint="rebuild the CPU partition here")
+            raise BuildFolderError(
+                f"{library.name} is for {machine}, this machine is {host_elf_machine()}", hint="rebuild the CPU partition here"
+            )
         return cls(library, meta["input_shape"], meta["output_shape"], meta.get("entry", ENTRY_FUNCTION))
 
     @property

@@ -78,7 +78,10 @@ FPGA_UNROLLED_TERNARY = "fpga-unrolled-ternary"
 CPU_DENSE = "cpu-dense"
 CPU_SPARSE = "cpu-sparse"
 LINEAR_KINDS = ("dense", "conv", "depthwise")
-UNITS = {"fpga": {"cycles": "cycles", "resources": "device fraction", "energy": "nJ"}, "cpu": {"cycles": "cycles", "resources": "bytes", "energy": "nJ"}}
+UNITS = {
+    "fpga": {"cycles": "cycles", "resources": "device fraction", "energy": "nJ"},
+    "cpu": {"cycles": "cycles", "resources": "bytes", "energy": "nJ"},
+}
 
 # edgec's CPU path (edgec.backends.tvm) compiles the float32 ONNX graph with TVM's dense operators:
 # weights are float32 and every layer is lowered densely (no sparse schedule). Flip this when it
@@ -284,8 +287,18 @@ def cpu_layer_costs(layer: LayerConfig, nonzeros: int, target: Target) -> dict[s
     dense_bytes = weights * CPU_VALUE_BYTES
     csr_bytes = nonzeros * (CPU_VALUE_BYTES + CPU_INDEX_BYTES) + (layer.n_out + 1) * CPU_INDEX_BYTES
     return {
-        "dense": {"cycles": float(dense.cycles), "resources": float(dense_bytes), "energy": float(dense.energy_uj) * 1000.0, "latency_us": float(dense.latency_us)},
-        "sparse": {"cycles": float(sparse.cycles), "resources": float(csr_bytes), "energy": float(sparse.energy_uj) * 1000.0, "latency_us": float(sparse.latency_us)},
+        "dense": {
+            "cycles": float(dense.cycles),
+            "resources": float(dense_bytes),
+            "energy": float(dense.energy_uj) * 1000.0,
+            "latency_us": float(dense.latency_us),
+        },
+        "sparse": {
+            "cycles": float(sparse.cycles),
+            "resources": float(csr_bytes),
+            "energy": float(sparse.energy_uj) * 1000.0,
+            "latency_us": float(sparse.latency_us),
+        },
     }
 
 
@@ -337,7 +350,9 @@ def _check(layer: LayerConfig, placement: str, metric: str) -> None:
     if metric not in METRICS:
         raise OptionError(f"unknown break-even metric '{metric}' for layer {layer.name}", hint=f"use one of: {', '.join(METRICS)}")
     if layer.kind not in LINEAR_KINDS or layer.n_in * layer.n_out == 0:
-        raise OptionError(f"layer {layer.name} ({layer.op}) has no weights to prune", hint="break-even ratios exist for Dense/Conv layers only")
+        raise OptionError(
+            f"layer {layer.name} ({layer.op}) has no weights to prune", hint="break-even ratios exist for Dense/Conv layers only"
+        )
 
 
 def _base_codes(layer: LayerConfig) -> np.ndarray:
@@ -411,6 +426,7 @@ def _fpga_break_even(layer: LayerConfig, target: Target, device: Device, metrics
     grid_points = CENSUS_GRID_POINTS if ternary else GRID_POINTS
     exact_max = 256 if ternary else EXACT_SEARCH_MAX_WEIGHTS
     for metric in metrics:
+
         def dense_sparse(n: int, metric: str = metric) -> tuple[float, float]:
             return cost("dense", n)[metric], cost("sparse", n)[metric]
 
@@ -419,14 +435,16 @@ def _fpga_break_even(layer: LayerConfig, target: Target, device: Device, metrics
         terms = dict(terms_common)
         if sparse_form == FPGA_RESOURCE_COMPRESSED:
             storage = compressed_storage(layer, weights if nonzeros is None else nonzeros)
-            terms.update({
-                "index_bits": storage["index_bits"],
-                "entry_bits": storage["entry_bits"],
-                "dense_storage_bits": storage["dense_bits"],
-                "storage_break_even": storage["storage_break_even"],
-                "multipliers_dense": math.ceil(weights / max(1, layer.reuse_factor)),
-                "hls4ml_has_compressed_form": layer.op == "MatMul" and layer.kind == "dense",
-            })
+            terms.update(
+                {
+                    "index_bits": storage["index_bits"],
+                    "entry_bits": storage["entry_bits"],
+                    "dense_storage_bits": storage["dense_bits"],
+                    "storage_break_even": storage["storage_break_even"],
+                    "multipliers_dense": math.ceil(weights / max(1, layer.reuse_factor)),
+                    "hls4ml_has_compressed_form": layer.op == "MatMul" and layer.kind == "dense",
+                }
+            )
             terms.update(_energy_terms(layer, power, storage["index_bits"]))
             if nonzeros is not None:
                 terms["multipliers_compressed_at_break_even"] = math.ceil(nonzeros / max(1, layer.reuse_factor))
@@ -434,18 +452,28 @@ def _fpga_break_even(layer: LayerConfig, target: Target, device: Device, metrics
             if metric == "cycles":
                 terms["note"] = "the ReuseFactor loop is the same for both forms: they tie at every ratio"
         else:
-            terms["rule"] = "binary layer: pruning makes it ternary (2-bit weights, zero products dropped) against the unpruned XNOR-popcount layer"
+            terms["rule"] = (
+                "binary layer: pruning makes it ternary (2-bit weights, zero products dropped) against the unpruned XNOR-popcount layer"
+            )
         if metric == "resources":
             per_resource = {}
             for key in ("lut", "ff", "dsp", "bram18"):
-                found = _search_nonzeros(lambda n, key=key: (cost("dense", n)[key], cost("sparse", n)[key]), weights, exact_max, grid_points)
+                found = _search_nonzeros(
+                    lambda n, key=key: (cost("dense", n)[key], cost("sparse", n)[key]), weights, exact_max, grid_points
+                )
                 per_resource[key] = _ratio_from_nonzeros(found, weights)
             terms["per_resource_break_even"] = per_resource
         curve = []
         for n in curve_counts:
             dense_value, sparse_value = dense_sparse(n)
-            curve.append({"ratio": 1.0 - n / weights, "dense": dense_value, "sparse": sparse_value,
-                          "saving": 1.0 - sparse_value / dense_value if dense_value else 0.0})
+            curve.append(
+                {
+                    "ratio": 1.0 - n / weights,
+                    "dense": dense_value,
+                    "sparse": sparse_value,
+                    "saving": 1.0 - sparse_value / dense_value if dense_value else 0.0,
+                }
+            )
         results[metric] = BreakEven(layer.name, "fpga", dense_form, sparse_form, metric, ratio, terms, curve)
     return results
 
@@ -480,6 +508,7 @@ def _cpu_break_even(layer: LayerConfig, target: Target, metrics: tuple[str, ...]
     results = {}
     curve_counts = sorted({max(1, weights - int(round(r * weights))) for r in SAVING_CURVE_RATIOS + (0.95, 0.99)}, reverse=True)
     for metric in metrics:
+
         def dense_sparse(n: int, metric: str = metric) -> tuple[float, float]:
             c = cost(n)
             return c["dense"][metric], c["sparse"][metric]
@@ -495,7 +524,8 @@ def _cpu_break_even(layer: LayerConfig, target: Target, metrics: tuple[str, ...]
             "value_bytes": CPU_VALUE_BYTES,
             "index_bytes": CPU_INDEX_BYTES,
             "dense_weight_bytes": weights * CPU_VALUE_BYTES,
-            "storage_break_even": 1.0 - (weights * CPU_VALUE_BYTES - (layer.n_out + 1) * CPU_INDEX_BYTES) / (weights * (CPU_VALUE_BYTES + CPU_INDEX_BYTES)),
+            "storage_break_even": 1.0
+            - (weights * CPU_VALUE_BYTES - (layer.n_out + 1) * CPU_INDEX_BYTES) / (weights * (CPU_VALUE_BYTES + CPU_INDEX_BYTES)),
             "tvm_lowers_sparse": TVM_LOWERS_SPARSE,
         }
         for key in ("fp32_macs_per_cycle", "dram_bandwidth_gbs", "active_power_w", "sparse_cycles_per_nnz", "clock_mhz"):
@@ -504,14 +534,21 @@ def _cpu_break_even(layer: LayerConfig, target: Target, metrics: tuple[str, ...]
         curve = []
         for n in curve_counts:
             dense_value, sparse_value = dense_sparse(n)
-            curve.append({"ratio": 1.0 - n / weights, "dense": dense_value, "sparse": sparse_value,
-                          "saving": 1.0 - sparse_value / dense_value if dense_value else 0.0})
+            curve.append(
+                {
+                    "ratio": 1.0 - n / weights,
+                    "dense": dense_value,
+                    "sparse": sparse_value,
+                    "saving": 1.0 - sparse_value / dense_value if dense_value else 0.0,
+                }
+            )
         results[metric] = BreakEven(layer.name, "cpu", CPU_DENSE, CPU_SPARSE, metric, _ratio_from_nonzeros(nonzeros, weights), terms, curve)
     return results
 
 
-def break_even_table(layer: LayerConfig, target: Target, device: Device | None, placement: str = "fpga",
-                     metrics: tuple[str, ...] = METRICS) -> dict[str, BreakEven]:
+def break_even_table(
+    layer: LayerConfig, target: Target, device: Device | None, placement: str = "fpga", metrics: tuple[str, ...] = METRICS
+) -> dict[str, BreakEven]:
     """:class:`BreakEven` of ``layer`` for every metric in ``metrics`` (costs are shared between
     metrics, so this is cheaper than one :func:`layer_break_even` call per metric)."""
     for metric in metrics:
@@ -521,11 +558,15 @@ def break_even_table(layer: LayerConfig, target: Target, device: Device | None, 
     if not getattr(target, "has_fpga", True):
         raise OptionError(f"layer {layer.name}: target {target.name} has no FPGA", hint="place the layer on the CPU (placement='cpu')")
     if device is None:
-        raise OptionError(f"layer {layer.name}: an FPGA placement needs the target's device", hint="pass edgec.cost.device.device_for(target)")
+        raise OptionError(
+            f"layer {layer.name}: an FPGA placement needs the target's device", hint="pass edgec.cost.device.device_for(target)"
+        )
     return _fpga_break_even(layer, target, device, tuple(metrics))
 
 
-def layer_break_even(layer: LayerConfig, target: Target, device: Device | None, placement: str = "fpga", metric: str = "energy") -> BreakEven:
+def layer_break_even(
+    layer: LayerConfig, target: Target, device: Device | None, placement: str = "fpga", metric: str = "energy"
+) -> BreakEven:
     """The break-even pruning ratio of a Dense/Conv ``layer`` (as planned: strategy, reuse factor,
     types) on ``target`` for ``placement`` (fpga | cpu) and ``metric`` (cycles | resources | energy).
     See the module docstring for the implementation pairs and formulas."""
@@ -536,8 +577,15 @@ def _percent(value: float) -> str:
     return f"{value * 100:.0f}%"
 
 
-def choose_implementation(layer: LayerConfig, pruning_ratio: float, target: Target, device: Device | None,
-                          placement: str = "fpga", metric: str = "energy", be: BreakEven | None = None) -> tuple[str, str, BreakEven]:
+def choose_implementation(
+    layer: LayerConfig,
+    pruning_ratio: float,
+    target: Target,
+    device: Device | None,
+    placement: str = "fpga",
+    metric: str = "energy",
+    be: BreakEven | None = None,
+) -> tuple[str, str, BreakEven]:
     """(implementation, reason, break-even) for ``layer`` pruned to ``pruning_ratio`` (fraction of
     zero weights): the cheaper form for ``metric`` that edgec can generate, and a sentence saying
     why -- including what a form edgec cannot generate (hls4ml 1.3.0's compressed weights, a CSR
@@ -549,7 +597,11 @@ def choose_implementation(layer: LayerConfig, pruning_ratio: float, target: Targ
     where = f"on {target.name} ({metric})"
     pruned = f"pruned {_percent(pruning_ratio)}"
     if be.sparse_form == FPGA_UNROLLED:
-        return FPGA_UNROLLED, f"unrolled (Latency strategy): zero weights are constants HLS removes, so pruning pays off at any ratio (r* = 0); {pruned}", be
+        return (
+            FPGA_UNROLLED,
+            f"unrolled (Latency strategy): zero weights are constants HLS removes, so pruning pays off at any ratio (r* = 0); {pruned}",
+            be,
+        )
     if be.ratio is None:
         form = FPGA_RESOURCE_DENSE if placement == "fpga" else CPU_DENSE
         if be.sparse_form == FPGA_UNROLLED_TERNARY:
@@ -561,23 +613,43 @@ def choose_implementation(layer: LayerConfig, pruning_ratio: float, target: Targ
         if pruning_ratio < be.ratio:
             reason = f"{pruned} < r* {_percent(be.ratio)} {where}: pruning here saves nothing; prune >= r* or not at all"
         else:
-            reason = f"{pruned} >= r* {_percent(be.ratio)} {where}, but the sparse form saves nothing ({be.terms.get('note', 'equal cost')})"
+            reason = (
+                f"{pruned} >= r* {_percent(be.ratio)} {where}, but the sparse form saves nothing ({be.terms.get('note', 'equal cost')})"
+            )
         return dense_form, reason, be
     gain = f"{_percent(saving)} {metric}"
     if be.sparse_form == FPGA_UNROLLED_TERNARY:
         return FPGA_UNROLLED, f"{pruned} >= r* {_percent(be.ratio)} {where}: the ternary layer saves {gain} over the binary one", be
     if be.sparse_form == FPGA_RESOURCE_COMPRESSED:
         if not be.terms.get("hls4ml_has_compressed_form", False):
-            return dense_form, (f"{pruned} >= r* {_percent(be.ratio)} {where}: compressed weights would save {gain}, "
-                                "but hls4ml has compressed weights for Dense layers only; kept dense"), be
+            return (
+                dense_form,
+                (
+                    f"{pruned} >= r* {_percent(be.ratio)} {where}: compressed weights would save {gain}, "
+                    "but hls4ml has compressed weights for Dense layers only; kept dense"
+                ),
+                be,
+            )
         if not HLS4ML_COMPRESSION_WORKS:
-            return dense_form, (f"{pruned} >= r* {_percent(be.ratio)} {where}: compressed weights would save {gain}, "
-                                "but hls4ml 1.3.0 cannot generate compressed Dense layers (KeyError 'dense_function'); kept dense"), be
+            return (
+                dense_form,
+                (
+                    f"{pruned} >= r* {_percent(be.ratio)} {where}: compressed weights would save {gain}, "
+                    "but hls4ml 1.3.0 cannot generate compressed Dense layers (KeyError 'dense_function'); kept dense"
+                ),
+                be,
+            )
         return FPGA_RESOURCE_COMPRESSED, f"{pruned} >= r* {_percent(be.ratio)} {where}: compressed weights save {gain}", be
     # CPU
     if not TVM_LOWERS_SPARSE:
-        return CPU_DENSE, (f"{pruned} >= r* {_percent(be.ratio)} {where}: a CSR kernel would save {gain}, "
-                           "but edgec's TVM path lowers CPU layers densely"), be
+        return (
+            CPU_DENSE,
+            (
+                f"{pruned} >= r* {_percent(be.ratio)} {where}: a CSR kernel would save {gain}, "
+                "but edgec's TVM path lowers CPU layers densely"
+            ),
+            be,
+        )
     return CPU_SPARSE, f"{pruned} >= r* {_percent(be.ratio)} {where}: CSR saves {gain}", be
 
 
@@ -671,8 +743,15 @@ def _crossing(points: list[dict]) -> float | None:
     return float(r0 + (q0 - 1.0) / (q0 - q1) * (r1 - r0)) if q0 != q1 else float(r1)
 
 
-def measure_cpu_break_even(rows: int, cols: int, positions: int = 1, ratios: tuple[float, ...] = DEFAULT_MEASURE_RATIOS,
-                           repeats: int = 7, seed: int = 0, march: str = "native") -> dict:
+def measure_cpu_break_even(
+    rows: int,
+    cols: int,
+    positions: int = 1,
+    ratios: tuple[float, ...] = DEFAULT_MEASURE_RATIOS,
+    repeats: int = 7,
+    seed: int = 0,
+    march: str = "native",
+) -> dict:
     """Measure r* of dense float32 GEMV/GEMM against CSR on this host for a layer of ``rows``
     outputs x ``cols`` inputs over ``positions`` columns (1: Dense; output pixels: a convolution as
     im2col GEMM). Random sparsity (seeded), paired timings, median of ``repeats`` pairs per ratio;
@@ -695,10 +774,18 @@ def measure_cpu_break_even(rows: int, cols: int, positions: int = 1, ratios: tup
     result = json.loads(done.stdout)
     tolerance = MAX_RESULT_DIFFERENCE_PER_TERM * cols
     if result["max_abs_diff"] > tolerance:
-        raise ToolchainError(f"the dense and CSR benchmark kernels disagree by {result['max_abs_diff']:.3g} (> {tolerance:.3g})",
-                             hint="the compiler may miscompile the benchmark; report it with `gcc --version`")
+        raise ToolchainError(
+            f"the dense and CSR benchmark kernels disagree by {result['max_abs_diff']:.3g} (> {tolerance:.3g})",
+            hint="the compiler may miscompile the benchmark; report it with `gcc --version`",
+        )
     curve = [
-        {"ratio": p["ratio"], "nonzeros": p["nonzeros"], "dense_ns": p["dense_ns"], "sparse_ns": p["sparse_ns"], "sparse_over_dense": p["sparse_over_dense"]}
+        {
+            "ratio": p["ratio"],
+            "nonzeros": p["nonzeros"],
+            "dense_ns": p["dense_ns"],
+            "sparse_ns": p["sparse_ns"],
+            "sparse_over_dense": p["sparse_over_dense"],
+        }
         for p in result["points"]
     ]
     return {
@@ -715,6 +802,6 @@ def measure_cpu_break_even(rows: int, cols: int, positions: int = 1, ratios: tup
         "cpu_model": host_cpu_model(),
         "machine": platform.machine(),
         "kernels": "dense: SIMD dot products (GEMV, 4 rows at a time) / SIMD axpy over positions (GEMM); "
-                   "CSR: scalar, 4 partial sums (SpMV) / SIMD axpy over positions per non-zero (SpMM); float32, int32 indices",
+        "CSR: scalar, 4 partial sums (SpMV) / SIMD axpy over positions per non-zero (SpMM); float32, int32 indices",
         "max_abs_diff": result["max_abs_diff"],
     }

@@ -74,7 +74,21 @@ BIPOLAR_ELEMENTWISE_OPS = 3
 
 DENSE_OPS = ("Conv", "MatMul", "Gemm", "ConvTranspose")
 POOL_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "ReduceSum")
-TRANSCENDENTAL_OPS = ("Softmax", "LogSoftmax", "Exp", "Log", "Sigmoid", "Tanh", "Erf", "Gelu", "HardSigmoid", "Softplus", "Pow", "Sqrt", "Reciprocal")
+TRANSCENDENTAL_OPS = (
+    "Softmax",
+    "LogSoftmax",
+    "Exp",
+    "Log",
+    "Sigmoid",
+    "Tanh",
+    "Erf",
+    "Gelu",
+    "HardSigmoid",
+    "Softplus",
+    "Pow",
+    "Sqrt",
+    "Reciprocal",
+)
 # Reshape-like ops are views or folded by TVM (RewriteDataflowReshape, FoldConstant): no kernel.
 FREE_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Constant", "Shape", "Dropout")
 QUANT_OPS = ("Quant", "IntQuant")
@@ -145,9 +159,7 @@ def cpu_dense_cost(
     return _finish(compute, memory, DISPATCH_CYCLES, cpu)
 
 
-def cpu_sparse_cost(
-    nonzeros: int, rows: int, activation_bytes: int, cpu: CpuSpec, index_bytes: int = 4, value_bytes: int = 4
-) -> CpuCost:
+def cpu_sparse_cost(nonzeros: int, rows: int, activation_bytes: int, cpu: CpuSpec, index_bytes: int = 4, value_bytes: int = 4) -> CpuCost:
     """Cost of a CSR sparse matrix-vector product (scalar gather per non-zero) on one core.
 
     ``compute = nonzeros x cycles_per_nnz + rows x SPARSE_CYCLES_PER_ROW`` (``cycles_per_nnz`` is the

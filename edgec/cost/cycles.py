@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from edgec.cost.device import Device
+from edgec.cost.device import Device, dsp_slices_for_product
 from edgec.cost.layer import LayerConfig, log2ceil
 
 # Combinational delay of one multiplication through a DSP slice at UltraScale+ -2 speed, ns.
@@ -80,8 +80,6 @@ def _add_ns(bits: int, device: Device) -> float:
 
 
 def _mult_ns(layer: LayerConfig, device: Device) -> float:
-    from edgec.cost.resources import dsp_slices_for_product
-
     slices = max(1, dsp_slices_for_product(layer.input_bits, layer.effective_weight_bits, device.dsp_kind))
     base = T_MULT_NS.get(device.dsp_kind, T_MULT_NS["DSP48E1"])
     return (base + T_MULT_CASCADE_NS * (slices - 1)) * device.speed_factor
@@ -138,7 +136,9 @@ def _elementwise(layer: LayerConfig, device: Device) -> LayerCycles:
         depth = TABLE_LOOKUP_CYCLES[device.backend]
     if layer.kind in ("pool", "global_pool"):
         if layer.pool_op == "avg" and layer.kind == "global_pool":
-            depth = math.ceil(log2ceil(layer.pool_size) * _add_ns(layer.result_bits + log2ceil(layer.pool_size), device) / device.effective_period_ns)
+            depth = math.ceil(
+                log2ceil(layer.pool_size) * _add_ns(layer.result_bits + log2ceil(layer.pool_size), device) / device.effective_period_ns
+            )
         if layer.variable_divisor and device.backend == "vivado":
             depth += layer.result_bits + DIVIDER_EXTRA_CYCLES
     if layer.kind in ("batchnorm", "bias"):
@@ -160,7 +160,9 @@ def layer_cycles(layer: LayerConfig, device: Device) -> LayerCycles:
     return _elementwise(layer, device)
 
 
-def design_cycles(per_layer: list[LayerCycles], io_type: str, layers: list[LayerConfig] | None = None, backend: str = "vivado") -> tuple[int, int]:
+def design_cycles(
+    per_layer: list[LayerCycles], io_type: str, layers: list[LayerConfig] | None = None, backend: str = "vivado"
+) -> tuple[int, int]:
     """Latency and II of the whole design.
 
     io_parallel: the layers form one pipeline, latencies add and the slowest layer sets the II.

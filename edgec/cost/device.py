@@ -6,6 +6,7 @@ published design on another part can be reproduced. Part figures are data (targe
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,8 +36,15 @@ SPEED_FACTOR = {
     ("7series", 1): 775 / 464,
 }
 FAMILY_GENERATION = {
-    "zynq7000": "7series", "artix7": "7series", "kintex7": "7series", "virtex7": "7series", "spartan7": "7series",
-    "zynqus": "ultrascale+", "virtexus": "ultrascale+", "kintexus": "ultrascale+", "versal": "ultrascale+",
+    "zynq7000": "7series",
+    "artix7": "7series",
+    "kintex7": "7series",
+    "virtex7": "7series",
+    "spartan7": "7series",
+    "zynqus": "ultrascale+",
+    "virtexus": "ultrascale+",
+    "kintexus": "ultrascale+",
+    "versal": "ultrascale+",
 }
 
 
@@ -107,8 +115,27 @@ def device_for(target: Target, part: str | None = None, clock_ns: float | None =
             family=record["family"],
             dsp_kind=record["dsp_kind"],
             speed_grade=int(record.get("speed_grade", _speed_from_part(part))),
-            resources=FpgaResources(lut=int(res["lut"]), ff=int(res["ff"]), dsp=int(res["dsp"]), bram18=int(res["bram18"]), uram=int(res.get("uram", 0))),
+            resources=FpgaResources(
+                lut=int(res["lut"]), ff=int(res["ff"]), dsp=int(res["dsp"]), bram18=int(res["bram18"]), uram=int(res.get("uram", 0))
+            ),
         )
     if clock_ns is not None:
         device = replace(device, clock_ns=float(clock_ns))
     return device
+
+
+# DSP48E1 multiplies 25x18 signed operands (UG479, 7 Series DSP48E1 User Guide, ch. 1); DSP48E2
+# multiplies 27x18 (UG579, UltraScale DSP48E2 User Guide, ch. 1). A product wider than that needs
+# several slices.
+DSP_PORTS = {"DSP48E1": (25, 18), "DSP48E2": (27, 18)}
+
+
+def dsp_slices_for_product(a_bits: int, b_bits: int, dsp_kind: str) -> int:
+    """DSP slices one a x b-bit signed product needs: an operand wider than its port is split into
+    parts one bit narrower (unsigned), and the cheaper assignment of operands to ports is used."""
+    port_a, port_b = DSP_PORTS.get(dsp_kind, DSP_PORTS["DSP48E1"])
+
+    def parts(bits: int, port: int) -> int:
+        return 1 if bits <= port else math.ceil(bits / (port - 1))
+
+    return min(parts(a_bits, port_a) * parts(b_bits, port_b), parts(a_bits, port_b) * parts(b_bits, port_a))

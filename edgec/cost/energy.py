@@ -35,8 +35,13 @@ FPGA_DSP_GAP_ASSUMED = 4.0
 REGISTER_BIT_FRACTION_OF_ADD = 0.25
 # Defaults when a board file has no power section (a Zynq-7000-class device, pynq-z2's figures).
 DEFAULT_POWER = {
-    "process_nm": 28, "vccint_v": 1.0, "pl_static_w": 0.073, "ps_static_w": 0.041,
-    "pspl_bus_bits": 64, "pspl_energy_pj_per_bit": 30.0, "bram_read_pj_per_bit": 0.76,
+    "process_nm": 28,
+    "vccint_v": 1.0,
+    "pl_static_w": 0.073,
+    "ps_static_w": 0.041,
+    "pspl_bus_bits": 64,
+    "pspl_energy_pj_per_bit": 30.0,
+    "bram_read_pj_per_bit": 0.76,
 }
 
 
@@ -106,7 +111,10 @@ def _compute_pj(layer: LayerConfig, dsp_products: int | None, lut_products: int 
         return pj
     if layer.kind == "batchnorm":
         nonzero = float(np.mean(np.asarray(layer.weight_codes) != 0)) if layer.weight_codes is not None else 1.0
-        return elems * (nonzero * mult_pj(layer.input_bits, layer.weight_bits or layer.result_bits) * FPGA_DSP_GAP_ASSUMED + add_pj(layer.result_bits) * fpga_add)
+        return elems * (
+            nonzero * mult_pj(layer.input_bits, layer.weight_bits or layer.result_bits) * FPGA_DSP_GAP_ASSUMED
+            + add_pj(layer.result_bits) * fpga_add
+        )
     if layer.kind == "activation" and (layer.activation or "linear") == "linear":
         return 0.0
     # activations, merges, quantizers: about one add-sized operation per element

@@ -20,9 +20,18 @@ from qonnx.core.modelwrapper import ModelWrapper
 from edgec.fixed_point import FixedType, droppable_input_quantizer
 
 ACTIVATION_OPS = {
-    "Relu": "relu", "LeakyRelu": "leaky_relu", "PRelu": "prelu", "Elu": "elu", "Selu": "selu",
-    "Sigmoid": "sigmoid", "Tanh": "tanh", "HardSigmoid": "hard_sigmoid", "Softsign": "softsign",
-    "Softplus": "softplus", "ThresholdedRelu": "thresholded_relu", "Softmax": "softmax",
+    "Relu": "relu",
+    "LeakyRelu": "leaky_relu",
+    "PRelu": "prelu",
+    "Elu": "elu",
+    "Selu": "selu",
+    "Sigmoid": "sigmoid",
+    "Tanh": "tanh",
+    "HardSigmoid": "hard_sigmoid",
+    "Softsign": "softsign",
+    "Softplus": "softplus",
+    "ThresholdedRelu": "thresholded_relu",
+    "Softmax": "softmax",
 }
 # hls4ml implements these with a look-up table in block RAM (nnet_activation.h).
 TABLE_ACTIVATIONS = {"elu", "selu", "sigmoid", "tanh", "softsign", "softplus", "softmax"}
@@ -251,7 +260,9 @@ def layers_from_onnx(
             out_shape = _shape(model, out_tensor)
             wtype = settings.precision or weight_type(node.name, weights)
             layer = LayerConfig(name=node.name, kind="dense", op=op, output_tensor=out_tensor, in_shape=in_shape, out_shape=out_shape)
-            layer.fused_tensors = [node.output[0]] + [model.find_consumers(t)[0].output[0] for t in _chain(model, node.output[0], out_tensor)]
+            layer.fused_tensors = [node.output[0]] + [
+                model.find_consumers(t)[0].output[0] for t in _chain(model, node.output[0], out_tensor)
+            ]
             if op == "MatMul":
                 layer.n_in, layer.n_out = int(weights.shape[0]), int(weights.shape[1])
                 layer.positions = int(np.prod(out_shape[:-1])) if len(out_shape) > 1 else 1
@@ -411,7 +422,8 @@ def _quantizer_after(model: ModelWrapper, node):
     if node is None or not node.output:
         return None
     mergeable = node.op_type in _MERGING_OPS or (
-        node.op_type in ("Mul", "Div") and any(model.get_initializer(i) is not None for i in node.input[1:]))
+        node.op_type in ("Mul", "Div") and any(model.get_initializer(i) is not None for i in node.input[1:])
+    )
     if not mergeable or node.output[0] in {o.name for o in model.graph.output}:
         return None
     consumer = _single_consumer(model, node.output[0])

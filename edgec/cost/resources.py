@@ -21,13 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgec.cost.device import Device
+from edgec.cost.cycles import DSP_PIPELINE_CYCLES, adder_levels_per_first_cycle, dsp_pipelined_multiply
+from edgec.cost.device import DSP_PORTS, Device, dsp_slices_for_product  # noqa: F401 (DSP_PORTS: re-exported)
 from edgec.cost.layer import LayerConfig
 
-# DSP48E1 multiplies 25x18 signed operands (UG479, 7 Series DSP48E1 User Guide, ch. 1); DSP48E2
-# multiplies 27x18 (UG579, UltraScale DSP48E2 User Guide, ch. 1). A product wider than that needs
-# several slices.
-DSP_PORTS = {"DSP48E1": (25, 18), "DSP48E2": (27, 18)}
 # Variable x variable products with an operand this narrow go to LUTs (hls4ml paper, Duarte et
 # al., JINST 13 P07027 (2018), sec. 4: multiplications below ~10 bits are implemented in LUTs).
 LUT_MULT_MAX_BITS = 10
@@ -111,17 +108,6 @@ class LayerResources:
         return {"lut": self.lut, "ff": self.ff, "dsp": self.dsp, "bram18": self.bram18}
 
 
-def dsp_slices_for_product(a_bits: int, b_bits: int, dsp_kind: str) -> int:
-    """DSP slices one a x b-bit signed product needs: an operand wider than its port is split into
-    parts one bit narrower (unsigned), and the cheaper assignment of operands to ports is used."""
-    port_a, port_b = DSP_PORTS.get(dsp_kind, DSP_PORTS["DSP48E1"])
-
-    def parts(bits: int, port: int) -> int:
-        return 1 if bits <= port else math.ceil(bits / (port - 1))
-
-    return min(parts(a_bits, port_a) * parts(b_bits, port_b), parts(a_bits, port_b) * parts(b_bits, port_a))
-
-
 def dsp_per_multiply(weight_bits: int, input_bits: int, dsp_kind: str, bound_to_dsp: bool = False) -> int:
     """DSP slices one variable product needs (0 when it goes to LUTs). A product bound to DSP
     slices (``bound_to_dsp``) takes a slice however narrow it is."""
@@ -189,8 +175,6 @@ def layer_census(layer: LayerConfig, device: Device) -> ProductCensus:
 
 
 def _linear(layer: LayerConfig, device: Device, depth: int) -> LayerResources:
-    from edgec.cost.cycles import DSP_PIPELINE_CYCLES, dsp_pipelined_multiply
-
     rf = max(1, layer.reuse_factor)
     dsp_pipelined = dsp_pipelined_multiply(layer, device)
     census = None
@@ -246,8 +230,6 @@ def _linear(layer: LayerConfig, device: Device, depth: int) -> LayerResources:
     if depth > 0:
         # the first register holds the partial sums left after the adder levels chained behind
         # the product within one period; later registers fewer
-        from edgec.cost.cycles import adder_levels_per_first_cycle
-
         levels = adder_levels_per_first_cycle(layer, device)
         partial = max(1.0, terms_per_output / 2**levels)
         ff += int(sum(max(1.0, partial / 2 ** min(stage, 60)) for stage in range(depth)) * layer.n_out * layer.accum_bits / rf)
@@ -259,7 +241,9 @@ def _linear(layer: LayerConfig, device: Device, depth: int) -> LayerResources:
     if layer.kind in ("conv", "depthwise"):
         if layer.io_type == "io_stream":
             # line buffers: (kernel rows - 1) image rows of every channel, in shift registers
-            line_bits = (layer.kernel_rows - 1) * layer.in_width * layer.channels * layer.input_bits + layer.n_in * (layer.channels if layer.kind == "depthwise" else 1) * layer.input_bits
+            line_bits = (layer.kernel_rows - 1) * layer.in_width * layer.channels * layer.input_bits + layer.n_in * (
+                layer.channels if layer.kind == "depthwise" else 1
+            ) * layer.input_bits
             lut += math.ceil(line_bits / SRL_BITS_PER_LUT)
             window_bits = layer.n_in * (layer.channels if layer.kind == "depthwise" else 1) * layer.input_bits
             lut += int(window_bits * LUT_PER_WINDOW_BIT)

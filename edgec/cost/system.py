@@ -47,8 +47,13 @@ class TransferCost:
 
     def as_dict(self) -> dict:
         return {
-            "direction": self.direction, "values": self.values, "word_bits": self.word_bits, "bytes": self.bytes,
-            "cycles": self.cycles, "latency_us": round(self.latency_us, 6), "energy_uj": round(self.energy_uj, 9),
+            "direction": self.direction,
+            "values": self.values,
+            "word_bits": self.word_bits,
+            "bytes": self.bytes,
+            "cycles": self.cycles,
+            "latency_us": round(self.latency_us, 6),
+            "energy_uj": round(self.energy_uj, 9),
         }
 
 

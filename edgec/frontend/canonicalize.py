@@ -188,8 +188,7 @@ def _absorb_input_transpose(model: ModelWrapper) -> list[int] | None:
             node.attribute.append(helper.make_attribute("perm", perm))
         if node.op_type == "Transpose":
             break
-        scalar_operands = all(model.get_initializer(t) is not None and np.size(model.get_initializer(t)) == 1
-                              for t in node.input[1:] if t)
+        scalar_operands = all(model.get_initializer(t) is not None and np.size(model.get_initializer(t)) == 1 for t in node.input[1:] if t)
         if node.op_type not in SCALAR_ELEMENTWISE or node.input[0] != tensor or not scalar_operands or len(chain) > 8:
             return None
         chain.append(node)
@@ -340,8 +339,10 @@ def canonicalize(model: ModelWrapper, for_estimate: bool = False) -> CanonicalMo
         tidy_layout(model)
         if fold_flatten_transposes(model):
             tidy_layout(model)
-        layout_perms = (physical_perm(in_rank) if in_rank in (3, 4) else None,
-                        _inverse(physical_perm(out_rank)) if out_rank in (3, 4) else None)
+        layout_perms = (
+            physical_perm(in_rank) if in_rank in (3, 4) else None,
+            _inverse(physical_perm(out_rank)) if out_rank in (3, 4) else None,
+        )
     model = cleanup_model(model)
     if tidy_layout(model):
         model = cleanup_model(model)
@@ -363,7 +364,10 @@ def canonicalize(model: ModelWrapper, for_estimate: bool = False) -> CanonicalMo
     else:
         input_perm, output_perm = _compose(absorbed, _perm_between(orig_in, new_in)), _perm_between(new_out, orig_out)
         if trailing is not None:
-            output_perm = _compose(trailing, _perm_between(model.get_tensor_shape(model.graph.output[0].name), orig_out) if output_perm is None else output_perm)
+            output_perm = _compose(
+                trailing,
+                _perm_between(model.get_tensor_shape(model.graph.output[0].name), orig_out) if output_perm is None else output_perm,
+            )
     return CanonicalModel(model, has_conv, input_perm, output_perm, passes, unsupported)
 
 

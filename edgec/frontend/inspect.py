@@ -87,7 +87,9 @@ def render_inspection(info: dict) -> str:
     for layer in info["layers"]:
         shape_in = "x".join(map(str, layer["input_shape"] or [])) or "-"
         shape_out = "x".join(map(str, layer["output_shape"] or [])) or "-"
-        lines.append(f"{layer['name'][:28]:<28} {layer['op'][:20]:<20} {shape_in:>14} {shape_out:>14} {layer['macs']:>10} {layer['params']:>9}  {layer['quantization']}")
+        lines.append(
+            f"{layer['name'][:28]:<28} {layer['op'][:20]:<20} {shape_in:>14} {shape_out:>14} {layer['macs']:>10} {layer['params']:>9}  {layer['quantization']}"
+        )
     lines.append(f"total: {info['total_macs']} MACs, {info['total_params']} parameters")
     if info["unsupported"]:
         lines.append("cannot lower to the FPGA (edgec build --place auto runs these on the board's CPU with TVM):")

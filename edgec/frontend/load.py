@@ -75,7 +75,9 @@ def _parse(data: bytes, name: str) -> onnx.ModelProto:
             ) from None
         raise NotOnnxError(f"{name}: not an ONNX model", hint="pass a .onnx file exported by PyTorch, Keras, Brevitas or QONNX") from None
     if not looks_like_onnx or not proto.HasField("graph") or len(proto.graph.node) == 0:
-        raise NotOnnxError(f"{name}: not an ONNX model (no graph found)", hint="pass a .onnx file exported by PyTorch, Keras, Brevitas or QONNX")
+        raise NotOnnxError(
+            f"{name}: not an ONNX model (no graph found)", hint="pass a .onnx file exported by PyTorch, Keras, Brevitas or QONNX"
+        )
     _check_text_fields(proto, name)
     return proto
 
@@ -90,7 +92,12 @@ def _check_text_fields(proto: onnx.ModelProto, name: str) -> None:
         fields += [(label + " name", node.name), (label + " op type", node.op_type), (label + " domain", node.domain)]
         fields += [(label + " input", t) for t in node.input] + [(label + " output", t) for t in node.output]
         fields += [(label + " attribute name", a.name) for a in node.attribute]
-    for kind, items in (("input", graph.input), ("output", graph.output), ("value_info", graph.value_info), ("initializer", graph.initializer)):
+    for kind, items in (
+        ("input", graph.input),
+        ("output", graph.output),
+        ("value_info", graph.value_info),
+        ("initializer", graph.initializer),
+    ):
         fields += [(f"graph {kind} #{i}", item.name) for i, item in enumerate(items)]
     for where, value in fields:
         if not isinstance(value, str):
@@ -131,8 +138,9 @@ def check_values(proto: onnx.ModelProto, name: str) -> None:
                     )
             for flag in ("signed", "narrow"):
                 if flag in attrs and attrs[flag].i not in (0, 1):
-                    raise InvalidModelError(f"{name}: {label}: attribute '{flag}' is {attrs[flag].i}; QONNX wants 0 or 1",
-                                            hint="fix or re-export the model")
+                    raise InvalidModelError(
+                        f"{name}: {label}: attribute '{flag}' is {attrs[flag].i}; QONNX wants 0 or 1", hint="fix or re-export the model"
+                    )
     for init in proto.graph.initializer:
         if init.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
             continue
@@ -232,9 +240,18 @@ def check_validity(proto: onnx.ModelProto, name: str, notes: list[str]) -> onnx.
 # designs stream far smaller tensors, and calibration holds a few hundred samples in memory.
 MAX_INPUT_VALUES = 1 << 22
 _NUMERIC_TYPES = {
-    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
-    onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16,
-    onnx.TensorProto.INT32, onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64,
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16,
+    onnx.TensorProto.INT8,
+    onnx.TensorProto.UINT8,
+    onnx.TensorProto.INT16,
+    onnx.TensorProto.UINT16,
+    onnx.TensorProto.INT32,
+    onnx.TensorProto.UINT32,
+    onnx.TensorProto.INT64,
+    onnx.TensorProto.UINT64,
 }
 
 
@@ -296,8 +313,12 @@ def check_runs_in_onnxruntime(proto: onnx.ModelProto, name: str) -> None:
             f"{name}: onnxruntime {ort.__version__}, the reference edgec verifies against, cannot load the model: {_onnxruntime_message(exc)[:300]}",
             hint="re-export the model with an opset and ops onnxruntime supports",
         ) from None
-    if any(not d.HasField("dim_value") or d.dim_value <= 0
-           for vi in proto.graph.input if vi.name in shapes for d in vi.type.tensor_type.shape.dim[1:]):
+    if any(
+        not d.HasField("dim_value") or d.dim_value <= 0
+        for vi in proto.graph.input
+        if vi.name in shapes
+        for d in vi.type.tensor_type.shape.dim[1:]
+    ):
         return  # a dynamic dimension other than the batch is refused with its name by _fix_batch
     feeds = {}
     for meta in session.get_inputs():
@@ -361,8 +382,10 @@ def _checked(candidate: onnx.ModelProto, name: str) -> tuple[str, str] | None:
         kind, message = outcome.error
         if kind in ("ValidationError", "InferenceError"):
             return kind, message
-        raise InvalidModelError(f"{name}: not a valid ONNX model: {kind}: {' '.join(message.split())[:300]}",
-                                hint="onnx.checker rejects it; fix or re-export the model")
+        raise InvalidModelError(
+            f"{name}: not a valid ONNX model: {kind}: {' '.join(message.split())[:300]}",
+            hint="onnx.checker rejects it; fix or re-export the model",
+        )
     return outcome.value
 
 
@@ -417,7 +440,9 @@ def _upgrade_opset(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     converted.ir_version = max(converted.ir_version, 7)  # opset 13 needs IR 7 (onnx/helper.py VERSION_TABLE)
     # the converter leaves the initializers listed as inputs (IR 3 style): they are constants here
     _drop_initializer_inputs(converted)
-    notes.append(f"upgraded opset {old} -> {UPGRADE_TO_OPSET}" + (f" ({len(custom)} custom-domain nodes kept as they are)" if custom else ""))
+    notes.append(
+        f"upgraded opset {old} -> {UPGRADE_TO_OPSET}" + (f" ({len(custom)} custom-domain nodes kept as they are)" if custom else "")
+    )
     return converted
 
 
@@ -518,8 +543,16 @@ def _declared_input_quantizer(model: ModelWrapper, notes: list[str]) -> None:
         signed = declared["low"] < 0
         width = int(np.ceil(np.log2(max(declared["high"], -declared["low"]) + 1))) + (1 if signed else 0)
         model.set_initializer(bits, np.asarray(float(width), dtype=np.float32))
-        node = onnx.helper.make_node("Quant", [name, scale, zeropt, bits], [fresh], name="edgec_input_datatype", domain=domain,
-                                     signed=int(signed), narrow=0, rounding_mode="ROUND")
+        node = onnx.helper.make_node(
+            "Quant",
+            [name, scale, zeropt, bits],
+            [fresh],
+            name="edgec_input_datatype",
+            domain=domain,
+            signed=int(signed),
+            narrow=0,
+            rounding_mode="ROUND",
+        )
     for consumer in consumers:
         for i, tensor in enumerate(consumer.input):
             if tensor == name:

@@ -40,10 +40,53 @@ CHANNELS_LAST_DOMAIN = "qonnx.custom_op.channels_last"
 CHANNELS_LAST_OPS = ("Conv", "MaxPool", "BatchNormalization")
 # Ops that act on each element alone (any layout): their tensor operands only need the same layout.
 ELEMENTWISE = {
-    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Softsign", "Softplus", "HardSigmoid", "ThresholdedRelu",
-    "Identity", "Dropout", "Abs", "Neg", "Exp", "Log", "Sqrt", "Floor", "Ceil", "Round", "Erf", "Sign", "Reciprocal",
-    "Clip", "Cast", "Not", "Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "PRelu", "Equal", "Greater",
-    "Less", "Where", "Quant", "BipolarQuant", "Trunc", "IntQuant", "HardSwish", "Mish", "Gelu",
+    "Relu",
+    "LeakyRelu",
+    "Sigmoid",
+    "Tanh",
+    "Elu",
+    "Selu",
+    "Softsign",
+    "Softplus",
+    "HardSigmoid",
+    "ThresholdedRelu",
+    "Identity",
+    "Dropout",
+    "Abs",
+    "Neg",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Erf",
+    "Sign",
+    "Reciprocal",
+    "Clip",
+    "Cast",
+    "Not",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Max",
+    "Min",
+    "Sum",
+    "Mean",
+    "Pow",
+    "PRelu",
+    "Equal",
+    "Greater",
+    "Less",
+    "Where",
+    "Quant",
+    "BipolarQuant",
+    "Trunc",
+    "IntQuant",
+    "HardSwish",
+    "Mish",
+    "Gelu",
 }
 AXIS_OPS = ("Concat", "Softmax", "LogSoftmax")
 
@@ -112,7 +155,9 @@ class ToChannelsLast(Transformation):
         logical = self._logical[tensor]
         rank = len(logical)
         out = self._fresh(model, f"{tensor}_cf")
-        emit.append(helper.make_node("Transpose", [tensor], [out], name=self._fresh(model, f"{tensor}_to_cf"), perm=_inverse(physical_perm(rank))))
+        emit.append(
+            helper.make_node("Transpose", [tensor], [out], name=self._fresh(model, f"{tensor}_to_cf"), perm=_inverse(physical_perm(rank)))
+        )
         self._value_shapes[out] = logical
         self._first_copies[tensor] = out
         return out
@@ -150,7 +195,11 @@ class ToChannelsLast(Transformation):
                 first = self._fresh(model, f"{tensor}_cf")
                 node.output[i] = first
                 self._value_shapes[first] = logical
-                emit.append(helper.make_node("Transpose", [first], [tensor], name=self._fresh(model, f"{tensor}_to_cl"), perm=physical_perm(len(logical))))
+                emit.append(
+                    helper.make_node(
+                        "Transpose", [first], [tensor], name=self._fresh(model, f"{tensor}_to_cl"), perm=physical_perm(len(logical))
+                    )
+                )
         if any(t and t in self._logical for t in list(node.input) + list(node.output)) or consumer_reshapes:
             self.records.append({"node": node.name, "op": node.op_type, "kept_channels_first": why})
 
@@ -169,7 +218,11 @@ class ToChannelsLast(Transformation):
         padded = self._fresh(model, f"{node.input[0]}_padded")
         logical = list(self._logical[node.input[0]])
         self._logical[padded] = [logical[0], logical[1], *[d + b + e for d, b, e in zip(logical[2:], begin, end)]]
-        emit.append(helper.make_node("Pad", [node.input[0], pads_name], [padded], name=self._fresh(model, f"{node.name or 'conv'}_pad"), mode="constant"))
+        emit.append(
+            helper.make_node(
+                "Pad", [node.input[0], pads_name], [padded], name=self._fresh(model, f"{node.name or 'conv'}_pad"), mode="constant"
+            )
+        )
         node.input[0] = padded
         _set_attr(node, "pads", [0] * (2 * spatial))
 
@@ -201,8 +254,16 @@ class ToChannelsLast(Transformation):
             return
         if op == "GlobalMaxPool" and spatial_in == [node.input[0]]:
             kernel = self._logical[node.input[0]][2:]
-            pool = helper.make_node("MaxPool", [node.input[0]], list(node.output), name=node.name, domain=CHANNELS_LAST_DOMAIN,
-                                    kernel_shape=kernel, strides=kernel, pads=[0] * (2 * len(kernel)))
+            pool = helper.make_node(
+                "MaxPool",
+                [node.input[0]],
+                list(node.output),
+                name=node.name,
+                domain=CHANNELS_LAST_DOMAIN,
+                kernel_shape=kernel,
+                strides=kernel,
+                pads=[0] * (2 * len(kernel)),
+            )
             emit.append(pool)
             return
         if op in ELEMENTWISE and ranks_agree and spatial_out:
@@ -360,7 +421,13 @@ def fold_flatten_transposes(model: ModelWrapper) -> int:
         flat = consumers[0]
         flat_shape = model.get_tensor_shape(flat.output[0])
         readers = model.find_consumers(flat.output[0]) or []
-        if flat_shape is None or len(flat_shape) != 2 or len(readers) != 1 or readers[0].op_type != "MatMul" or readers[0].input[0] != flat.output[0]:
+        if (
+            flat_shape is None
+            or len(flat_shape) != 2
+            or len(readers) != 1
+            or readers[0].op_type != "MatMul"
+            or readers[0].input[0] != flat.output[0]
+        ):
             continue
         matmul = readers[0]
         weight_name = matmul.input[1]

@@ -87,7 +87,12 @@ class MoveClipAfterQuantizer(Transformation):
             nodes.insert(nodes.index(quant) + 1, clip)
             del model.graph.node[:]
             model.graph.node.extend(nodes)
-            self.records.append({"node": clip.name or "Clip", "quantizer": quant.name or "Quant",
-                                 "rewrite": f"Clip [{lo}, {hi}] moved after its quantizer {quant.name} (bounds on its grid)"})
+            self.records.append(
+                {
+                    "node": clip.name or "Clip",
+                    "quantizer": quant.name or "Quant",
+                    "rewrite": f"Clip [{lo}, {hi}] moved after its quantizer {quant.name} (bounds on its grid)",
+                }
+            )
             return model, True
         return model, False

@@ -252,7 +252,9 @@ class ExactRequantization(Transformation):
         producer = model.find_producer(tensor)
         # an intermediate quantizer (onnxruntime's unfused MatMul -> QDQ -> bias Add) is one more step of
         # the chain: the chain is evaluated as the model computes it, so its rounding is in the level table
-        while producer is not None and (producer.op_type in CHAIN_OPS or (producer.op_type == "Quant" and _quant_params(model, producer) is not None)):
+        while producer is not None and (
+            producer.op_type in CHAIN_OPS or (producer.op_type == "Quant" and _quant_params(model, producer) is not None)
+        ):
             if single_consumer(model, producer.output[0]) is None:
                 return False
             consts = [i for i in producer.input[1:] if model.get_initializer(i) is not None]

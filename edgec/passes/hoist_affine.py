@@ -74,6 +74,11 @@ class HoistAffineAboveSqueeze(Transformation):
             for vi in list(model.graph.value_info):
                 if vi.name == squeeze_out:
                     model.graph.value_info.remove(vi)
-            self.records.append({"node": op.name, "rewrite": f"{op.op_type} moved above {squeeze.name} (constant {list(np.shape(const))} -> {list(lifted.shape)})"})
+            self.records.append(
+                {
+                    "node": op.name,
+                    "rewrite": f"{op.op_type} moved above {squeeze.name} (constant {list(np.shape(const))} -> {list(lifted.shape)})",
+                }
+            )
             return model, True
         return model, False

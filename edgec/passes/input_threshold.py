@@ -74,12 +74,20 @@ class FoldInputAffineIntoThreshold(Transformation):
             threshold = threshold[0]  # no batch axis: hls4ml broadcasts constants over one sample
         name = model.make_new_valueinfo_name()
         model.set_initializer(name, np.ascontiguousarray(threshold))
-        sub = helper.make_node("Sub", [source, name], [chain[-1].output[0]], name=f"{chain[0].name or 'input'}_threshold", doc_string=THRESHOLD_MARK)
+        sub = helper.make_node(
+            "Sub", [source, name], [chain[-1].output[0]], name=f"{chain[0].name or 'input'}_threshold", doc_string=THRESHOLD_MARK
+        )
         index = list(model.graph.node).index(chain[0])
         for node in chain:
             model.graph.node.remove(node)
         model.graph.node.insert(index, sub)
-        self.records.append({"quantizer": quant.name, "replaced": [n.op_type for n in chain],
-                             "threshold": float(threshold.reshape(-1)[0]) if threshold.size == 1 or np.all(threshold == threshold.reshape(-1)[0])
-                             else "per element"})
+        self.records.append(
+            {
+                "quantizer": quant.name,
+                "replaced": [n.op_type for n in chain],
+                "threshold": float(threshold.reshape(-1)[0])
+                if threshold.size == 1 or np.all(threshold == threshold.reshape(-1)[0])
+                else "per element",
+            }
+        )
         return model, False

@@ -121,8 +121,14 @@ def constant_nodes(model: ModelWrapper) -> set[str]:
 class PlaceNodes(Transformation):
     """Record on every node whether it runs on the FPGA or the CPU, and why (see module docstring)."""
 
-    def __init__(self, place: str = "auto", overrides: dict[str, str] | None = None, has_fpga: bool = True, has_cpu: bool = True,
-                 target_name: str = "") -> None:
+    def __init__(
+        self,
+        place: str = "auto",
+        overrides: dict[str, str] | None = None,
+        has_fpga: bool = True,
+        has_cpu: bool = True,
+        target_name: str = "",
+    ) -> None:
         super().__init__()
         if place not in PLACE_MODES:
             raise OptionError(f"--place {place!r} is not one of {', '.join(PLACE_MODES)}")
@@ -159,8 +165,11 @@ class PlaceNodes(Transformation):
                 listing = "; ".join(f"{n} ({why})" for n, why in forced.items())
                 raise UnsupportedOpsError(
                     f"{len(forced)} node(s) cannot be lowered to the FPGA: {listing}",
-                    hint=("use --place auto to run them on the board's CPU, or replace these ops before export" if self.has_cpu
-                          else f"{self.target_name} has no CPU to run them on: replace these ops before export, or pick a Zynq board"),
+                    hint=(
+                        "use --place auto to run them on the board's CPU, or replace these ops before export"
+                        if self.has_cpu
+                        else f"{self.target_name} has no CPU to run them on: replace these ops before export, or pick a Zynq board"
+                    ),
                 )
         for node in model.graph.node:
             if node.name in constant:
@@ -264,7 +273,8 @@ def _extract(model: ModelWrapper, node_names: list[str], input_tensor: str, outp
     shape_in = model.get_tensor_shape(input_tensor)
     shape_out = model.get_tensor_shape(output_tensor)
     graph = helper.make_graph(
-        nodes, "edgec_segment",
+        nodes,
+        "edgec_segment",
         [helper.make_tensor_value_info(input_tensor, 1, shape_in)],
         [helper.make_tensor_value_info(output_tensor, 1, shape_out)],
         initializer=inits,
@@ -351,7 +361,9 @@ def atom_weights(model: ModelWrapper, atom: Atom) -> int:
     return total
 
 
-def move_largest_to_cpu(model: ModelWrapper, atom_list: list[Atom], segment: Segment, why: str, pinned: set[str] | None = None) -> str | None:
+def move_largest_to_cpu(
+    model: ModelWrapper, atom_list: list[Atom], segment: Segment, why: str, pinned: set[str] | None = None
+) -> str | None:
     """Move the FPGA atom of ``segment`` with the most weights to the CPU (the build calls this when
     the segment does not fit the FPGA even at the largest reuse factor). Returns the moved atom's
     description, or None if the segment has no FPGA atom left to move."""
@@ -362,7 +374,9 @@ def move_largest_to_cpu(model: ModelWrapper, atom_list: list[Atom], segment: Seg
         return None
     largest = max(candidates, key=lambda a: (atom_weights(model, a), -atom_list.index(a)))
     by_name = {n.name: n for n in model.graph.node}
-    _move_to_cpu([largest], by_name, f"did not fit the FPGA ({why}); moved to the CPU as the largest layer ({atom_weights(model, largest)} weights)")
+    _move_to_cpu(
+        [largest], by_name, f"did not fit the FPGA ({why}); moved to the CPU as the largest layer ({atom_weights(model, largest)} weights)"
+    )
     return ", ".join(largest.nodes)
 
 
@@ -395,7 +409,9 @@ def absorb_wiring_atoms(model: ModelWrapper, atom_list: list[Atom]) -> None:
         while hi + 1 < len(atom_list) and atom_list[hi + 1].placement == "fpga":
             hi += 1
         run = atom_list[lo : hi + 1]
-        borders_cpu = (lo > 0 and atom_list[lo - 1].placement == "cpu") or (hi + 1 < len(atom_list) and atom_list[hi + 1].placement == "cpu")
+        borders_cpu = (lo > 0 and atom_list[lo - 1].placement == "cpu") or (
+            hi + 1 < len(atom_list) and atom_list[hi + 1].placement == "cpu"
+        )
         has_layer = any(by_name[name].op_type in LINEAR_OPS for atom in run for name in atom.nodes)
         return run if borders_cpu and not has_layer else None
 
@@ -409,13 +425,17 @@ def absorb_wiring_atoms(model: ModelWrapper, atom_list: list[Atom]) -> None:
             if atom.placement == "fpga" and not wiring(atom):
                 run = no_layer_run(index)
                 if run is not None:  # an FPGA segment without a single Dense/Conv: not worth two DMA transfers
-                    changed |= _move_to_cpu(run, by_name, "no Dense/Conv layer in this FPGA stretch: kept with the CPU segment next to it (no PS-PL round trip)")
+                    changed |= _move_to_cpu(
+                        run, by_name, "no Dense/Conv layer in this FPGA stretch: kept with the CPU segment next to it (no PS-PL round trip)"
+                    )
                 continue
             if atom.placement != "fpga":
                 continue
             neighbours = [atom_list[i] for i in (index - 1, index + 1) if 0 <= i < len(atom_list)]
             if any(n.placement == "cpu" for n in neighbours):
-                changed |= _move_to_cpu([atom], by_name, "only moves or scales data: kept with the CPU segment next to it (no PS-PL round trip)")
+                changed |= _move_to_cpu(
+                    [atom], by_name, "only moves or scales data: kept with the CPU segment next to it (no PS-PL round trip)"
+                )
 
 
 def _pull_to_quantizer(model: ModelWrapper, atom_list: list[Atom], index: int, by_name: dict) -> bool:
@@ -435,7 +455,9 @@ def _pull_to_quantizer(model: ModelWrapper, atom_list: list[Atom], index: int, b
             break
     else:
         return False
-    return _move_to_cpu(run, by_name, "moved with the CPU layer before it up to its output quantizer (the FPGA part starts from quantized values)")
+    return _move_to_cpu(
+        run, by_name, "moved with the CPU layer before it up to its output quantizer (the FPGA part starts from quantized values)"
+    )
 
 
 def _move_to_cpu(run: list[Atom], by_name: dict, reason: str) -> bool:

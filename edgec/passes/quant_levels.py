@@ -74,7 +74,9 @@ class QuantizerScalesToLevels(Transformation):
                 raw_name = model.make_new_valueinfo_name()
                 model.set_initializer(raw_name, (model.get_initializer(weight_q.input[0]).astype(np.float64) * s).astype(np.float32))
                 w_scale_name = model.make_new_valueinfo_name()
-                model.set_initializer(w_scale_name, (np.asarray(model.get_initializer(weight_q.input[1]), dtype=np.float64) * s).astype(np.float32))
+                model.set_initializer(
+                    w_scale_name, (np.asarray(model.get_initializer(weight_q.input[1]), dtype=np.float64) * s).astype(np.float32)
+                )
                 weight_q.input[0], weight_q.input[1] = raw_name, w_scale_name
             inv_name, unit_name, scaled = (model.make_new_valueinfo_name() for _ in range(3))
             model.set_initializer(inv_name, np.array(1.0 / s, dtype=np.float32))

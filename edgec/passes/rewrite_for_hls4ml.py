@@ -111,7 +111,11 @@ class RewriteForHls4ml(Transformation):
         flat = np.asarray(slope, dtype=np.float32).reshape(-1)
         if np.all(flat == flat[0]):
             alpha = float(flat[0])
-            new = helper.make_node("Relu", [x], [y], name=name) if alpha == 0 else helper.make_node("LeakyRelu", [x], [y], name=name, alpha=alpha)
+            new = (
+                helper.make_node("Relu", [x], [y], name=name)
+                if alpha == 0
+                else helper.make_node("LeakyRelu", [x], [y], name=name, alpha=alpha)
+            )
             self._replace(model, node, [new])
             self.records.append({"node": name, "rewrite": f"PRelu -> {new.op_type}"})
             return True
@@ -149,7 +153,9 @@ class RewriteForHls4ml(Transformation):
             new_nodes = [helper.make_node("Identity", [x], [y], name=name)]
         else:
             new_nodes = []
-            names = {k: model.make_new_valueinfo_name() for k in ("low", "high", "shift_lo", "shift_hi", "relu_lo", "relu_hi", "lower", "base")}
+            names = {
+                k: model.make_new_valueinfo_name() for k in ("low", "high", "shift_lo", "shift_hi", "relu_lo", "relu_hi", "lower", "base")
+            }
 
             def shifted(bound: float, key: str) -> str:
                 const = model.make_new_valueinfo_name()
@@ -198,7 +204,9 @@ class RewriteForHls4ml(Transformation):
         if shape is None or len(shape) < 3:
             return False
         kernel = list(shape[2:])
-        pool = helper.make_node("AveragePool", [node.input[0]], [node.output[0]], name=node.name or "gap", kernel_shape=kernel, strides=kernel)
+        pool = helper.make_node(
+            "AveragePool", [node.input[0]], [node.output[0]], name=node.name or "gap", kernel_shape=kernel, strides=kernel
+        )
         self._replace(model, node, [pool])
         return self._average_pool(model, pool)
 
@@ -221,8 +229,15 @@ class RewriteForHls4ml(Transformation):
         model.set_initializer(w_name, weight)
         strides = list(_attr(node, "strides", [1] * len(kernel)))
         conv = helper.make_node(
-            "Conv", [node.input[0], w_name], [node.output[0]], name=node.name or "avgpool",
-            kernel_shape=kernel, strides=strides, pads=pads, group=channels, dilations=[1] * len(kernel),
+            "Conv",
+            [node.input[0], w_name],
+            [node.output[0]],
+            name=node.name or "avgpool",
+            kernel_shape=kernel,
+            strides=strides,
+            pads=pads,
+            group=channels,
+            dilations=[1] * len(kernel),
         )
         self._replace(model, node, [conv])
         self.records.append({"node": conv.name, "rewrite": "AveragePool -> depthwise Conv (1/k weights)"})

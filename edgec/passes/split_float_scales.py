@@ -93,6 +93,11 @@ class SplitFloatScaleQuantizers(Transformation):
             index = list(model.graph.node).index(node)
             for offset, new in enumerate(after):
                 model.graph.node.insert(index + 1 + offset, new)
-            self.records.append({"quantizer": name, "scale": float(scale.reshape(-1)[0]) if scale.size == 1 else "per channel",
-                                 "zero_point": float(zeropt.reshape(-1)[0]) if zeropt.size == 1 else "per channel"})
+            self.records.append(
+                {
+                    "quantizer": name,
+                    "scale": float(scale.reshape(-1)[0]) if scale.size == 1 else "per channel",
+                    "zero_point": float(zeropt.reshape(-1)[0]) if zeropt.size == 1 else "per channel",
+                }
+            )
         return model, False

@@ -17,8 +17,30 @@ from edgec.passes.graph_utils import bypass
 
 # Ops through which a Transpose shared by all inputs can move (elementwise, and Concat with its axis mapped).
 SINKABLE = {
-    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Softsign", "Softplus", "HardSigmoid", "Identity", "Abs", "Neg",
-    "Clip", "Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Quant", "BipolarQuant", "Trunc", "Concat",
+    "Relu",
+    "LeakyRelu",
+    "Sigmoid",
+    "Tanh",
+    "Elu",
+    "Selu",
+    "Softsign",
+    "Softplus",
+    "HardSigmoid",
+    "Identity",
+    "Abs",
+    "Neg",
+    "Clip",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Max",
+    "Min",
+    "Sum",
+    "Quant",
+    "BipolarQuant",
+    "Trunc",
+    "Concat",
 }
 
 
@@ -37,7 +59,6 @@ def reshape_as_permutation(in_shape: list[int] | None, out_shape: list[int] | No
     for axis, dim in enumerate(out_shape):
         perm[axis] = next(big) if dim != 1 else next(ones)
     return perm if perm[0] == 0 else None  # the batch axis stays first (the layout conversion assumes it)
-
 
 
 def _perm_of(node) -> list[int] | None:
@@ -82,9 +103,14 @@ def tidy_layout(model: ModelWrapper) -> int:
                         break
                     continue
                 producer = model.find_producer(node.input[0])
-                if (perm is not None and producer is not None and producer.op_type == "Transpose" and _perm_of(producer) is not None
-                        and len(model.find_consumers(producer.output[0]) or []) == 1
-                        and producer.output[0] not in {o.name for o in model.graph.output}):
+                if (
+                    perm is not None
+                    and producer is not None
+                    and producer.op_type == "Transpose"
+                    and _perm_of(producer) is not None
+                    and len(model.find_consumers(producer.output[0]) or []) == 1
+                    and producer.output[0] not in {o.name for o in model.graph.output}
+                ):
                     first = _perm_of(producer)
                     combined = [first[p] for p in perm]
                     node.input[0] = producer.input[0]
@@ -96,8 +122,6 @@ def tidy_layout(model: ModelWrapper) -> int:
                     changed, progress = changed + 1, True
                     break
     return changed
-
-
 
 
 def _only_unit_axes_move(shape: list[int], perm: list[int]) -> bool:
@@ -112,8 +136,12 @@ def _merge_reshapes(model: ModelWrapper) -> bool:
         if node.op_type != "Reshape":
             continue
         producer = model.find_producer(node.input[0])
-        if (producer is None or producer.op_type != "Reshape" or producer.output[0] in outputs
-                or len(model.find_consumers(producer.output[0]) or []) != 1):
+        if (
+            producer is None
+            or producer.op_type != "Reshape"
+            or producer.output[0] in outputs
+            or len(model.find_consumers(producer.output[0]) or []) != 1
+        ):
             continue
         out_shape = model.get_tensor_shape(node.output[0])
         if out_shape is None:
@@ -193,6 +221,8 @@ def sink_transposes(model: ModelWrapper) -> bool:
         if out_shape is not None:
             model.set_tensor_shape(inner, [out_shape[i] for i in inverse])
         index = list(model.graph.node).index(node)
-        model.graph.node.insert(index + 1, helper.make_node("Transpose", [inner], [out], name=f"{node.name or node.op_type}_sunk_transpose", perm=perm))
+        model.graph.node.insert(
+            index + 1, helper.make_node("Transpose", [inner], [out], name=f"{node.name or node.op_type}_sunk_transpose", perm=perm)
+        )
         return True
     return False

@@ -34,7 +34,9 @@ def pass_class(method: str) -> type[PruningPass]:
     return method_class(METHODS, method, "pruning")
 
 
-def run_pruning(model: ModelWrapper, specs: list, ctx: PruneContext, metrics: PruneContext | None = None) -> tuple[ModelWrapper, list[dict]]:
+def run_pruning(
+    model: ModelWrapper, specs: list, ctx: PruneContext, metrics: PruneContext | None = None
+) -> tuple[ModelWrapper, list[dict]]:
     """Run the pruning specs in order; returns the pruned model and one record per pass.
 
     ``metrics`` measures the before/after figures when the passes themselves run without data
@@ -75,21 +77,23 @@ def run_pruning(model: ModelWrapper, specs: list, ctx: PruneContext, metrics: Pr
         for name in before:
             if name not in after:
                 layers[name] = {"ratio": 1.0, "removed": True, "ops_before": before[name]["ops"], "ops_after": 0}
-        records.append({
-            "name": prune_pass.method,
-            "params": prune_pass.params,
-            "seconds": elapsed(),
-            "ops_before": ops_before,
-            "ops_after": ops_after,
-            "params_before": params_before,
-            "params_after": params_after,
-            "accuracy_before": accuracy_before,
-            "accuracy_after": accuracy_after,
-            "metric": (metrics.metric if metrics is ctx else "agreement on random inputs") if metrics.has_data else None,
-            "mode": record.mode,
-            "layers": layers,
-            "notes": record.notes,
-        })
+        records.append(
+            {
+                "name": prune_pass.method,
+                "params": prune_pass.params,
+                "seconds": elapsed(),
+                "ops_before": ops_before,
+                "ops_after": ops_after,
+                "params_before": params_before,
+                "params_after": params_after,
+                "accuracy_before": accuracy_before,
+                "accuracy_after": accuracy_after,
+                "metric": (metrics.metric if metrics is ctx else "agreement on random inputs") if metrics.has_data else None,
+                "mode": record.mode,
+                "layers": layers,
+                "notes": record.notes,
+            }
+        )
         ctx.say(
             f"prune {prune_pass.method}: ops {ops_before} -> {ops_after}, non-zero params {params_before} -> {params_after}"
             + (f", {metrics.metric} {accuracy_before:.4f} -> {accuracy_after:.4f}" if accuracy_before is not None else "")

@@ -328,12 +328,14 @@ class BnnLatentPruning(PruningPass):
         for layer in layers:
             if layer.name in ratios and layer.name in self.record.layers:
                 k = layer.removed(chosen[layer.name])
-                self.record.layers[layer.name].update({
-                    "chosen_ratio": round(k / layer.size, 4),
-                    "pruned_weights": k,
-                    "binary_ops_after": (layer.size - k) * layer.positions,
-                    "ternary": k > 0,
-                })
+                self.record.layers[layer.name].update(
+                    {
+                        "chosen_ratio": round(k / layer.size, 4),
+                        "pruned_weights": k,
+                        "binary_ops_after": (layer.size - k) * layer.positions,
+                        "ternary": k > 0,
+                    }
+                )
         return pruned
 
     def _reachable(self, layers: list[BinaryLayer], target: float) -> float:

@@ -510,10 +510,14 @@ def _values(model: ModelWrapper, plan: ChannelPlan) -> None:
                 val = gamma * (val_of(node.input[0]) - mean) / np.sqrt(var + float(attr(node, "epsilon", 1e-5))) + beta
             elif op in _ACT_QUANTS:
                 base, params = val_of(node.input[0]), [val_of(t) for t in node.input[1:]]
-                val = np.array([
-                    float(_apply_quant(node, np.float64(base[i]), [np.float64(p[i]) for p in params])) if not np.isnan(base[i]) else np.nan
-                    for i in range(size)
-                ])
+                val = np.array(
+                    [
+                        float(_apply_quant(node, np.float64(base[i]), [np.float64(p[i]) for p in params]))
+                        if not np.isnan(base[i])
+                        else np.nan
+                        for i in range(size)
+                    ]
+                )
             elif op == "AveragePool" and _pads(node) and int(attr(node, "count_include_pad", 0)):
                 base = val_of(node.input[0])
                 val = np.where(base == 0, 0.0, np.nan)
@@ -835,5 +839,9 @@ class ChannelPruning(PruningPass):
         for g in groups:
             removed = int(drops[g.layers[0]].size)
             for name in g.layers:
-                self.record.layers[name] = {"channels_before": g.channels, "channels_after": g.channels - removed, "channels_removed": removed}
+                self.record.layers[name] = {
+                    "channels_before": g.channels,
+                    "channels_after": g.channels - removed,
+                    "channels_removed": removed,
+                }
         return pruned

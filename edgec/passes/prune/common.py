@@ -120,7 +120,9 @@ def prunable_layers(model: ModelWrapper) -> list[WeightRef]:
             refs.append(WeightRef(node, name, tensor, quant, "dense", out_axis=axis(1), in_axis=axis(0)))
         elif node.op_type == "Gemm":
             trans_b = int(attr(node, "transB", 0))
-            refs.append(WeightRef(node, name, tensor, quant, "dense", out_axis=axis(0 if trans_b else 1), in_axis=axis(1 if trans_b else 0)))
+            refs.append(
+                WeightRef(node, name, tensor, quant, "dense", out_axis=axis(0 if trans_b else 1), in_axis=axis(1 if trans_b else 0))
+            )
         else:
             refs.append(WeightRef(node, name, tensor, quant, "conv", out_axis=axis(0), in_axis=axis(1), group=int(attr(node, "group", 1))))
     return refs
@@ -281,3 +283,18 @@ def largest_within_drop(
 def timer() -> Callable[[], float]:
     start = time.perf_counter()
     return lambda: round(time.perf_counter() - start, 4)
+
+
+def layer_bias(model: ModelWrapper, node) -> str | None:
+    """The bias initializer of a MatMul/Gemm/Conv node: its third input, or for a MatMul the
+    initializer added to its output by its only consumer ``Add``; None if there is none."""
+    if node.op_type in ("Conv", "Gemm"):
+        if len(node.input) > 2 and node.input[2] and model.get_initializer(node.input[2]) is not None:
+            return node.input[2]
+        return None
+    consumers = model.find_consumers(node.output[0]) or []
+    if len(consumers) == 1 and consumers[0].op_type == "Add":
+        others = [i for i in consumers[0].input if i != node.output[0]]
+        if len(others) == 1 and model.get_initializer(others[0]) is not None:
+            return others[0]
+    return None

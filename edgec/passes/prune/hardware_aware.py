@@ -150,7 +150,11 @@ def enforce_break_even(prune_pass, original: ModelWrapper, pruned: ModelWrapper)
         entry["break_even_metric"] = be.metric
         entry["implementation_pair"] = [be.dense_form, be.sparse_form]
         entry["placement"] = be.placement
-        changed = source is not None and ref.get(current).shape == source.get(original).shape and not np.array_equal(ref.effective(current), source.effective(original))
+        changed = (
+            source is not None
+            and ref.get(current).shape == source.get(original).shape
+            and not np.array_equal(ref.effective(current), source.effective(original))
+        )
         ratio = zero_fraction(ref, current)
         if not changed or ratio == 0.0:
             entry["hardware_decision"] = "not pruned by this pass"
@@ -177,7 +181,11 @@ def enforce_break_even(prune_pass, original: ModelWrapper, pruned: ModelWrapper)
             entry["hardware_decision"] = f"left at {ratio:.3f} < r* (its shape changed: cannot restore)"
             continue
         current = prune_pass.reprune(original, current, {ref.name: 0.0})
-        why = "no pruning ratio pays off" if be.ratio is None else f"{ratio:.3f} < r* {be.ratio:.3f} and r* would lose over max_drop {max_drop} points"
+        why = (
+            "no pruning ratio pays off"
+            if be.ratio is None
+            else f"{ratio:.3f} < r* {be.ratio:.3f} and r* would lose over max_drop {max_drop} points"
+        )
         entry["hardware_decision"] = f"restored to dense: {why}"
         decisions.append(f"{ref.name} restored ({ratio:.2f} < r*)")
     record.notes.append(

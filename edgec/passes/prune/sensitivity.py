@@ -66,7 +66,9 @@ def activations(model: ModelWrapper, x: np.ndarray, tensors: list[str]) -> dict[
             present.add(tensor)
     in_name = copy.graph.input[0].name
     x = np.asarray(x, dtype=np.float32)
-    is_qonnx = any(n.op_type in WEIGHT_QUANTIZERS or (n.domain and "qonnx" in n.domain) or n.domain == "onnx.brevitas" for n in copy.graph.node)
+    is_qonnx = any(
+        n.op_type in WEIGHT_QUANTIZERS or (n.domain and "qonnx" in n.domain) or n.domain == "onnx.brevitas" for n in copy.graph.node
+    )
     results: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
     if is_qonnx:
         for sample in x:
@@ -352,7 +354,9 @@ class SensitivityPruning(PruningPass):
         baseline = self.ctx.evaluate(model) if self.params.get("max_drop") is not None else None
         ratio, pruned, _ = largest_within_drop(ladder, apply, self.ctx, baseline, max_drop_points(self.params))
         if ratio < target:
-            self.record.notes.append(f"stopped at ratio {ratio:.3f} short of {target:.3f}: more would lose over {self.params['max_drop']} points")
+            self.record.notes.append(
+                f"stopped at ratio {ratio:.3f} short of {target:.3f}: more would lose over {self.params['max_drop']} points"
+            )
         if ratio <= 0 or ratio not in chosen:
             self.params["achieved_ratio"] = 0.0
             return pruned
@@ -360,9 +364,12 @@ class SensitivityPruning(PruningPass):
         if achieved < ratio - 1e-9:
             self.record.notes.append(f"ratio {ratio:.3f} not reachable: keeping one channel per group removes {achieved:.3f}")
         if self.params["reweight"]:
-            quantized = sorted({ref.name for plan in plans.values() for ref, kind in plan.consumers if ref.quant is not None or kind == "depthwise"})
+            quantized = sorted(
+                {ref.name for plan in plans.values() for ref, kind in plan.consumers if ref.quant is not None or kind == "depthwise"}
+            )
             self.record.notes.append(
-                "kept channels reweighted by count/(m p) in their consumers" + (f" (not in quantized/depthwise {', '.join(quantized)})" if quantized else "")
+                "kept channels reweighted by count/(m p) in their consumers"
+                + (f" (not in quantized/depthwise {', '.join(quantized)})" if quantized else "")
             )
         self.params["achieved_ratio"] = round(achieved, 4)
         self.params["epsilon"] = round(eps, 6)

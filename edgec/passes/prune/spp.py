@@ -67,6 +67,7 @@ from edgec.passes.prune.common import (
     PruneContext,
     WeightRef,
     largest_within_drop,
+    layer_bias,
     max_drop_points,
     model_outputs,
     prunable_layers,
@@ -117,21 +118,6 @@ def schedule_amplitude(n_groups: int, ratio: float, steps: int, minimum: float =
 def target_groups(n_groups: int, ratio: float) -> int:
     """Groups to prune in a layer: every rank below ``ratio·n_groups`` (``ceil``), keeping one group."""
     return max(0, min(n_groups - 1, math.ceil(ratio * n_groups - 1e-9)))
-
-
-def layer_bias(model: ModelWrapper, node) -> str | None:
-    """The bias initializer of a MatMul/Gemm/Conv node: its third input, or for a MatMul the
-    initializer added to its output by its only consumer ``Add``; None if there is none."""
-    if node.op_type in ("Conv", "Gemm"):
-        if len(node.input) > 2 and node.input[2] and model.get_initializer(node.input[2]) is not None:
-            return node.input[2]
-        return None
-    consumers = model.find_consumers(node.output[0]) or []
-    if len(consumers) == 1 and consumers[0].op_type == "Add":
-        others = [i for i in consumers[0].input if i != node.output[0]]
-        if len(others) == 1 and model.get_initializer(others[0]) is not None:
-            return others[0]
-    return None
 
 
 @dataclass
@@ -410,7 +396,7 @@ class StructuredProbabilisticPruning(PruningPass):
             if isinstance(result, str):
                 failure.append(result)
                 result = model
-            tried[ratio] = (result, layers, self.record.notes[len(notes_before):], self.record.mode)
+            tried[ratio] = (result, layers, self.record.notes[len(notes_before) :], self.record.mode)
             self.record.notes[:] = notes_before
             return result
 
@@ -423,13 +409,17 @@ class StructuredProbabilisticPruning(PruningPass):
             return failure[0]
         if chosen == 0.0:
             self.record.mode = "fine-tuned (no ratio on the ladder stays within max_drop)"
-            self.record.notes.append(f"every ratio from {ladder[0]:.3f} up loses over {max_drop} points even after fine-tuning: nothing pruned")
+            self.record.notes.append(
+                f"every ratio from {ladder[0]:.3f} up loses over {max_drop} points even after fine-tuning: nothing pruned"
+            )
             return model, []
         _, layers, notes, mode = tried[chosen]
         self.record.notes.extend(notes)
         self.record.mode = mode
         if chosen < target:
-            self.record.notes.append(f"stopped at ratio {chosen:.3f} short of {target:.3f}: more would lose over {max_drop} points after fine-tuning")
+            self.record.notes.append(
+                f"stopped at ratio {chosen:.3f} short of {target:.3f}: more would lose over {max_drop} points after fine-tuning"
+            )
         self.params["achieved_ratio"] = round(chosen, 4)
         return pruned, layers
 

@@ -27,8 +27,7 @@ from onnx import numpy_helper
 from qonnx.core.modelwrapper import ModelWrapper
 from torch import nn
 
-from edgec.passes.prune.common import attr, prunable_layers
-from edgec.passes.prune.spp import layer_bias
+from edgec.passes.prune.common import attr, layer_bias, prunable_layers
 
 SUPPORTED_OPS = frozenset({
     "MatMul", "Gemm", "Conv", "Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip",

@@ -203,8 +203,13 @@ def calibrate_ranges(model: ModelWrapper, x: np.ndarray, percentile: float | Non
         weights = np.asarray(model.get_initializer(ref.tensor), dtype=np.float64)
         moved = np.moveaxis(weights, ref.out_axis, 0).reshape(weights.shape[ref.out_axis], -1)
         ranges[ref.tensor] = TensorRange(
-            ref.tensor, "weight", float(weights.min()), float(weights.max()),
-            channel_axis=ref.out_axis, channel_min=moved.min(axis=1), channel_max=moved.max(axis=1),
+            ref.tensor,
+            "weight",
+            float(weights.min()),
+            float(weights.max()),
+            channel_axis=ref.out_axis,
+            channel_min=moved.min(axis=1),
+            channel_max=moved.max(axis=1),
         )
     for bias in list(biases.values()) + [(name, model.get_initializer(name)) for name in _matmul_biases(model)]:
         if bias is not None:

@@ -143,8 +143,14 @@ def _add_quant(model: ModelWrapper, source: str, output: str, scale: np.ndarray,
     bits_name = _unique(model, f"{name}_bitwidth")
     model.set_initializer(bits_name, np.asarray(float(bits), dtype=np.float32))
     return helper.make_node(
-        "Quant", [source, scale_name, zero_name, bits_name], [output], name=name, domain=QONNX_DOMAIN,
-        signed=int(signed), narrow=int(narrow), rounding_mode=ROUNDING,
+        "Quant",
+        [source, scale_name, zero_name, bits_name],
+        [output],
+        name=name,
+        domain=QONNX_DOMAIN,
+        signed=int(signed),
+        narrow=int(narrow),
+        rounding_mode=ROUNDING,
     )
 
 
@@ -249,15 +255,18 @@ class FixedPointQuantization(QuantizationPass):
     def _fold_batchnorm(self, model: ModelWrapper) -> ModelWrapper:
         """Fold BatchNorm (also as the Mul/Add exporters write, also behind a Squeeze) into the
         preceding MatMul/Conv so its scale is quantized with the weights."""
-        affine_after_squeeze = any(n.op_type == "Squeeze" and any(c.op_type in ("Add", "Sub", "Mul", "Div") for c in model.find_consumers(n.output[0]) or [])
-                                   for n in model.graph.node)
+        affine_after_squeeze = any(
+            n.op_type == "Squeeze" and any(c.op_type in ("Add", "Sub", "Mul", "Div") for c in model.find_consumers(n.output[0]) or [])
+            for n in model.graph.node
+        )
         if not any(n.op_type == "BatchNormalization" for n in model.graph.node) and not affine_after_squeeze:
             return model
         model = model.transform(InferShapes()).transform(BatchNormToAffine()).transform(HoistAffineAboveSqueeze()).transform(InferShapes())
         model = model.transform(FoldAffineIntoLinear())
         left = [n.name for n in model.graph.node if n.op_type in ("Mul", "Div", "Sub")]
-        self.record.notes.append("BatchNorm folded into the preceding layers before quantization"
-                                 + (f" (affine ops left: {', '.join(left)})" if left else ""))
+        self.record.notes.append(
+            "BatchNorm folded into the preceding layers before quantization" + (f" (affine ops left: {', '.join(left)})" if left else "")
+        )
         return model.transform(InferShapes())
 
     def weight_bits(self, ref: WeightRef, channels: int) -> np.ndarray:
@@ -305,10 +314,13 @@ class FixedPointQuantization(QuantizationPass):
         levels = 2 ** (bits - 1) - 1
         layer_e = _exponent(rng.abs_max, levels)
         if self.per_channel or self._split_widths(ref):
-            exps = np.array([
-                _exponent(m, 2 ** (int(b) - 1) - 1) if m > 0 else _exponent(rng.abs_max, 2 ** (int(b) - 1) - 1)
-                for m, b in zip(rng.channel_abs_max, widths, strict=True)
-            ], dtype=np.int64)
+            exps = np.array(
+                [
+                    _exponent(m, 2 ** (int(b) - 1) - 1) if m > 0 else _exponent(rng.abs_max, 2 ** (int(b) - 1) - 1)
+                    for m, b in zip(rng.channel_abs_max, widths, strict=True)
+                ],
+                dtype=np.int64,
+            )
             shape = [1] * weights.ndim
             shape[ref.out_axis] = channels
             scale = np.exp2(exps.astype(np.float64)).reshape(shape)
@@ -338,18 +350,22 @@ class FixedPointQuantization(QuantizationPass):
                 # look through reshapes (tf2onnx's Conv1D is Conv2D between ExpandDims and Squeeze,
                 # with its bias after): the layer continues where the next real op does
                 after, consumers = tensor, model.find_consumers(tensor) or []
-                while (after not in outputs and len(consumers) == 1 and consumers[0].op_type in LAYOUT_OPS
-                       and consumers[0].input[0] == after):
+                while (
+                    after not in outputs and len(consumers) == 1 and consumers[0].op_type in LAYOUT_OPS and consumers[0].input[0] == after
+                ):
                     after = consumers[0].output[0]
                     consumers = model.find_consumers(after) or []
                 continues = (
                     after not in outputs
                     and len(consumers) == 1
                     and consumers[0].input[0] == after
-                    and (consumers[0].op_type in ACTIVATION_OPS or (
-                        consumers[0].op_type in CONTINUATION_OPS
-                        and all(model.get_initializer(i) is not None for i in consumers[0].input[1:])
-                    ))
+                    and (
+                        consumers[0].op_type in ACTIVATION_OPS
+                        or (
+                            consumers[0].op_type in CONTINUATION_OPS
+                            and all(model.get_initializer(i) is not None for i in consumers[0].input[1:])
+                        )
+                    )
                 )
                 if not continues:
                     points.append(tensor)
@@ -404,13 +420,15 @@ class FixedPointQuantization(QuantizationPass):
             tensor = node.input[0]
             quantized = _unique(model, f"{tensor}_table_grid")
             name = _unique(model, f"{node.name or node.op_type}_input_quant")
-            quant = _add_quant(model, tensor, quantized, np.asarray(2.0 ** -grid.fractional), grid.width, True, False, name)
+            quant = _add_quant(model, tensor, quantized, np.asarray(2.0**-grid.fractional), grid.width, True, False, name)
             node.input[0] = quantized
             _insert_before(model, node, quant)
             chosen[quantized] = (-grid.fractional, True)
             self.record.quantizers[quantized] = quant_type(grid.width, -grid.fractional, True).hls4ml()
-            self.record.notes.append(f"{node.name or node.op_type}: input quantized to its look-up table's grid "
-                                     f"({grid.width} bits, step 2^{-grid.fractional}) so the table activation is exact")
+            self.record.notes.append(
+                f"{node.name or node.op_type}: input quantized to its look-up table's grid "
+                f"({grid.width} bits, step 2^{-grid.fractional}) so the table activation is exact"
+            )
         return chosen
 
     # -- biases and the per-layer record ---------------------------------------------------------

@@ -77,8 +77,13 @@ class KeepCpuLayersFloat(Transformation):
                     for moved in [node, *tail]:
                         _set_meta(moved, PLACEMENT_KEY, "fpga")
                         pin(moved)
-                        _set_meta(moved, REASON_KEY, "the quantizer of an FPGA segment's input (kept on the FPGA: the CPU would only emulate it)"
-                                  if moved is node else "a reshape between the FPGA segment's input quantizer and the FPGA")
+                        _set_meta(
+                            moved,
+                            REASON_KEY,
+                            "the quantizer of an FPGA segment's input (kept on the FPGA: the CPU would only emulate it)"
+                            if moved is node
+                            else "a reshape between the FPGA segment's input quantizer and the FPGA",
+                        )
                         self.record["moved_to_fpga"].append(moved.name)
         return model, False
 

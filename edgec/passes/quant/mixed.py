@@ -107,8 +107,12 @@ class Unit:
     def as_dict(self) -> dict:
         if self.layer is None:
             return {"label": self.label, "kind": "output", "tensors": list(self.tensors)}
-        return {"label": self.label, "kind": "layer" if self.label == self.layer else "kernels", "layer": self.layer,
-                "channels": list(self.channels)}
+        return {
+            "label": self.label,
+            "kind": "layer" if self.label == self.layer else "kernels",
+            "layer": self.layer,
+            "channels": list(self.channels),
+        }
 
 
 @dataclass
@@ -227,8 +231,10 @@ class MixedPrecision(QuantizationPass):
         """``progress`` receives one line per evaluation (stderr by default; None: silent).
         ``cost_setup`` holds the build's design options and type width, so candidates are costed
         as the build will cost the result (default: the build's defaults)."""
-        for name, ok in (("progress", progress is None or callable(progress)),
-                         ("cost_setup", cost_setup is None or isinstance(cost_setup, CostSetup))):
+        for name, ok in (
+            ("progress", progress is None or callable(progress)),
+            ("cost_setup", cost_setup is None or isinstance(cost_setup, CostSetup)),
+        ):
             if not ok:  # a spec key that is not a parameter lands here: say so as with_defaults does
                 raise OptionError(f"--quantize mixed: unknown parameter(s) {name}", hint=f"mixed takes: {', '.join(self.PARAMS)}")
         super().__init__(x, **params)
@@ -287,7 +293,9 @@ class MixedPrecision(QuantizationPass):
 
     def quantize(self, model: ModelWrapper) -> ModelWrapper:
         started = time.perf_counter()
-        if keeps_existing_quantizers(model, self.record, bool(self.params["force"]), self.method, "searched widths for the float model underneath"):
+        if keeps_existing_quantizers(
+            model, self.record, bool(self.params["force"]), self.method, "searched widths for the float model underneath"
+        ):
             return model
         if self.x is None:
             raise DataError("--quantize mixed needs data to measure accuracy on", hint="pass --data (or let edgec draw random inputs)")
@@ -323,8 +331,10 @@ class MixedPrecision(QuantizationPass):
         notes = self.record.notes
         chosen, check = self._choose(uniform)
         if self._out_of_time:
-            notes.append(f"search_seconds={self.search_seconds:g} reached after {len(self._points)} evaluations: "
-                         "returned the best feasible point found so far (the search had not finished)")
+            notes.append(
+                f"search_seconds={self.search_seconds:g} reached after {len(self._points)} evaluations: "
+                "returned the best feasible point found so far (the search had not finished)"
+            )
         final = self._quantized(chosen.widths)
         widest = uniform[0]
         self.record.layers = self._last_fixed.record.layers
@@ -332,18 +342,26 @@ class MixedPrecision(QuantizationPass):
         notes.extend(n for n in self._last_fixed.record.notes if n not in notes)
         summary = ", ".join(f"{u.label}={b}" for u, b in zip(self.units, chosen.widths, strict=True))
         best_uniform = self._best([p for p in uniform if p.feasible])
-        versus = f"best feasible uniform: {best_uniform.widths[0]} bit, {best_uniform.objective:g}" if best_uniform else "no uniform width is feasible"
+        versus = (
+            f"best feasible uniform: {best_uniform.widths[0]} bit, {best_uniform.objective:g}"
+            if best_uniform
+            else "no uniform width is feasible"
+        )
         notes.append(
             f"chose {summary}: {self.objective} {chosen.objective:g} ({versus}; uniform {self.candidates[0]} bit: {widest.objective:g}), "
             f"{self._metric_name()} {chosen.accuracy:.4f} ({chosen.drop:+.2f} points below float {self.baseline:.4f}) "
             f"after {len(self._points)} evaluations ({sum(p.costed for p in self._points)} costed)"
         )
-        notes.append(f"costs: edgec.estimate on {self.params['target']} (search calibrated on {COST_SAMPLES} samples; the chosen point "
-                     f"re-costed on the build's calibration data: {'same figures' if check['agrees'] else 'figures differ, reported as re-costed'})")
+        notes.append(
+            f"costs: edgec.estimate on {self.params['target']} (search calibrated on {COST_SAMPLES} samples; the chosen point "
+            f"re-costed on the build's calibration data: {'same figures' if check['agrees'] else 'figures differ, reported as re-costed'})"
+        )
         if self.granularity == "kernel":
-            notes.append("per-kernel widths: one weight quantizer per layer at its widest kernel's width, per-channel scales fitted to each "
-                         "kernel's width (qonnx Quant takes a scalar bit width); LUT/DSP see each constant, energy per product and "
-                         "accumulators use the layer's widest width")
+            notes.append(
+                "per-kernel widths: one weight quantizer per layer at its widest kernel's width, per-channel scales fitted to each "
+                "kernel's width (qonnx Quant takes a scalar bit width); LUT/DSP see each constant, energy per product and "
+                "accumulators use the layer's widest width"
+            )
         self.record.extra["search"] = {
             "objective": self.objective,
             "secondary": SECONDARY[self.objective],
@@ -365,7 +383,8 @@ class MixedPrecision(QuantizationPass):
             "path": [p.as_dict(self.units) for p in self._path],
             "local_searches": [
                 {"phase": d.phase, "start": d.start.as_dict(self.units), "end": d.end.as_dict(self.units), "steps": len(d.steps)}
-                for d in self._descents if d.end is not None
+                for d in self._descents
+                if d.end is not None
             ],
             "frontier": [p.as_dict(self.units) for p in pareto_frontier(self._points)],
             "explored_columns": ["eval", "phase", "widths", self._metric_name(), "objective", "feasible"],
@@ -379,8 +398,10 @@ class MixedPrecision(QuantizationPass):
         feasible = [p for p in self._points if p.feasible and p.costed]
         if not feasible:
             chosen = uniform[0]
-            self.record.notes.append(f"no evaluated width assignment keeps the drop within {self.max_drop:g} points "
-                                     f"(all at {self.candidates[0]} bits: {chosen.drop:.2f}): returned the widest")
+            self.record.notes.append(
+                f"no evaluated width assignment keeps the drop within {self.max_drop:g} points "
+                f"(all at {self.candidates[0]} bits: {chosen.drop:.2f}): returned the widest"
+            )
             feasible = [chosen]
         chosen = self._best(feasible)
         contenders = [chosen]
@@ -405,7 +426,9 @@ class MixedPrecision(QuantizationPass):
 
     def _fixed_pass(self, layer_bits: dict | None, output_bits: int) -> FixedPointQuantization:
         ranges = getattr(self, "_ranges", None)
-        return FixedPointQuantization(self.x, layer_bits=layer_bits, ranges=ranges, bits=self.candidates[0], act_bits=output_bits, per=self.per)
+        return FixedPointQuantization(
+            self.x, layer_bits=layer_bits, ranges=ranges, bits=self.candidates[0], act_bits=output_bits, per=self.per
+        )
 
     def _make_units(self) -> list[Unit]:
         units = []
@@ -480,12 +503,18 @@ class MixedPrecision(QuantizationPass):
         """LUT/DSP/FF/BRAM, latency and energy of ``model``'s design, as the build would configure it."""
         from edgec.estimate import estimate
 
-        report = estimate(model.model, target=str(self.params["target"]), data=(x, None), options=self.cost_setup.options, width=self.cost_setup.width)
+        report = estimate(
+            model.model, target=str(self.params["target"]), data=(x, None), options=self.cost_setup.options, width=self.cost_setup.width
+        )
         totals = report["totals"]
         res = totals["resources"]
         return {
-            "lut": int(res["lut"]), "dsp": int(res["dsp"]), "ff": int(res["ff"]), "bram18": int(res["bram18"]),
-            "latency_us": round(float(totals["latency_us"]), 6), "energy_uj": round(float(totals["energy_uj"]), 9),
+            "lut": int(res["lut"]),
+            "dsp": int(res["dsp"]),
+            "ff": int(res["ff"]),
+            "bram18": int(res["bram18"]),
+            "latency_us": round(float(totals["latency_us"]), 6),
+            "energy_uj": round(float(totals["energy_uj"]), 9),
         }
 
     def _set_costs(self, point: Point, costs: dict) -> None:
@@ -506,8 +535,14 @@ class MixedPrecision(QuantizationPass):
         if point is None:
             accuracy = self._metric(model)
             drop = (self.baseline - accuracy) * 100.0
-            point = Point(widths=widths, accuracy=accuracy, drop=drop, feasible=drop <= self.max_drop + EPSILON,
-                          index=len(self._points) + 1, phase=phase)
+            point = Point(
+                widths=widths,
+                accuracy=accuracy,
+                drop=drop,
+                feasible=drop <= self.max_drop + EPSILON,
+                index=len(self._points) + 1,
+                phase=phase,
+            )
             self._cache[widths] = point
             self._points.append(point)
         if point.feasible or need_cost:

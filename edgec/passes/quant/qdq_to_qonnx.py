@@ -230,7 +230,9 @@ class ConvertQDQToQONNX(Transformation):
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _grid(self, model: ModelWrapper, node: NodeProto, scale_in: str, zp_in: str | None, int_tensor: str | None, axis: int = 1) -> Grid | None:
+    def _grid(
+        self, model: ModelWrapper, node: NodeProto, scale_in: str, zp_in: str | None, int_tensor: str | None, axis: int = 1
+    ) -> Grid | None:
         """The grid of a (De)QuantizeLinear-style operand, or None if not constant/not integer."""
         scale = model.get_initializer(scale_in) if scale_in else None
         if scale is None:
@@ -282,7 +284,14 @@ class ConvertQDQToQONNX(Transformation):
         z_name = self._const_init(model, f"{out}_zeropt", zeropt)
         b_name = self._const_init(model, f"{out}_bitwidth", np.array(grid.bits, dtype=np.float32))
         quant = helper.make_node(
-            "Quant", [source, s_name, z_name, b_name], [out], name=name, domain=QUANT_DOMAIN, signed=int(signed), narrow=0, rounding_mode="ROUND"
+            "Quant",
+            [source, s_name, z_name, b_name],
+            [out],
+            name=name,
+            domain=QUANT_DOMAIN,
+            signed=int(signed),
+            narrow=0,
+            rounding_mode="ROUND",
         )
         self._quant_nodes[out] = quant
         return quant
@@ -316,7 +325,9 @@ class ConvertQDQToQONNX(Transformation):
         emit.append(self._quant_node(model, float_w, out, grid, values.ndim, name=self._fresh(model, f"{name}_Quant")))
         return out
 
-    def _requantize(self, model: ModelWrapper, node: NodeProto, float_op: NodeProto, y: str, grid: Grid | None, emit: list[NodeProto]) -> None:
+    def _requantize(
+        self, model: ModelWrapper, node: NodeProto, float_op: NodeProto, y: str, grid: Grid | None, emit: list[NodeProto]
+    ) -> None:
         """Emit ``float_op`` (output already named) and the Quant of its output as integer tensor ``y``."""
         emit.append(float_op)
         raw_out = float_op.output[0]
@@ -324,7 +335,9 @@ class ConvertQDQToQONNX(Transformation):
             self._alias[y] = raw_out
             return
         out = self._fresh(model, f"{y}_quant")
-        emit.append(self._quant_node(model, raw_out, out, grid, self._rank(model, y), name=self._fresh(model, f"{node.name or node.op_type}_Quant")))
+        emit.append(
+            self._quant_node(model, raw_out, out, grid, self._rank(model, y), name=self._fresh(model, f"{node.name or node.op_type}_Quant"))
+        )
         self._ints[y] = (out, grid)
         self._on_grid[out] = grid
 
@@ -348,10 +361,21 @@ class ConvertQDQToQONNX(Transformation):
                 self.records.append({"kind": "identity-quantizer", "node": node.name, "tensor": node.output[0]})
                 return None
             out = self._fresh(model, f"{node.output[0]}_float")
-            emit.append(self._quant_node(model, source, out, grid, self._rank(model, node.input[0]), name=self._fresh(model, node.name or f"{node.output[0]}_Quant")))
+            emit.append(
+                self._quant_node(
+                    model,
+                    source,
+                    out,
+                    grid,
+                    self._rank(model, node.input[0]),
+                    name=self._fresh(model, node.name or f"{node.output[0]}_Quant"),
+                )
+            )
             self._ints[node.output[0]] = (out, grid)
             self._on_grid[out] = grid
-            self.records.append({"kind": "quantizer", "node": node.name, "tensor": node.output[0], "quant": out, "bits": grid.bits, "signed": grid.signed})
+            self.records.append(
+                {"kind": "quantizer", "node": node.name, "tensor": node.output[0], "quant": out, "bits": grid.bits, "signed": grid.signed}
+            )
             return None
         if op == "DequantizeLinear":
             grid = self._grid(model, node, ins[1], ins[2] or None, ins[0], axis)
@@ -629,7 +653,10 @@ def has_quantized_ops(model: ModelWrapper) -> bool:
 
 def summarize(records: list[dict]) -> list[str]:
     """Load notes describing a :class:`ConvertQDQToQONNX` run."""
-    count = {kind: sum(1 for r in records if r["kind"] == kind) for kind in ("quantizer", "identity-quantizer", "pair", "weight", "constant", "qoperator")}
+    count = {
+        kind: sum(1 for r in records if r["kind"] == kind)
+        for kind in ("quantizer", "identity-quantizer", "pair", "weight", "constant", "qoperator")
+    }
     qops = sorted({r["op"] for r in records if r["kind"] == "qoperator"})
     notes = []
     if count["qoperator"]:
@@ -643,7 +670,11 @@ def summarize(records: list[dict]) -> list[str]:
             ("" if count["qoperator"] else "QDQ model (QuantizeLinear/DequantizeLinear pairs, as onnxruntime and Brevitas write them): ")
             + f"{quantizers} QuantizeLinear/{count['pair']} DequantizeLinear node(s) converted to "
             f"{count['quantizer']} QONNX Quant node(s)"
-            + (f" ({count['identity-quantizer']} requantizing an already quantized tensor dropped as identities)" if count["identity-quantizer"] else "")
+            + (
+                f" ({count['identity-quantizer']} requantizing an already quantized tensor dropped as identities)"
+                if count["identity-quantizer"]
+                else ""
+            )
         )
     if count["weight"] or count["constant"]:
         notes.append(
@@ -652,14 +683,18 @@ def summarize(records: list[dict]) -> list[str]:
         )
     clips = [r for r in records if r["kind"] == "clip"]
     if clips:
-        notes.append(f"{len(clips)} Clip(s) between QuantizeLinear and DequantizeLinear (QCDQ) folded into their quantizer's bit width "
-                     f"({', '.join(sorted({str(r['bits']) + '-bit' for r in clips}))})")
+        notes.append(
+            f"{len(clips)} Clip(s) between QuantizeLinear and DequantizeLinear (QCDQ) folded into their quantizer's bit width "
+            f"({', '.join(sorted({str(r['bits']) + '-bit' for r in clips}))})"
+        )
     for r in records:
         if r["kind"] == "output":
             notes.append(f"output '{r['tensor']}' was {r['was']}: it is now the dequantized float value")
     kept = [r for r in records if r["kind"] == "kept"]
     if kept:
-        notes.append("quantization op(s) left unconverted: " + "; ".join(f"{r['node'] or r['op']} ({r['op']}: {r['reason']})" for r in kept))
+        notes.append(
+            "quantization op(s) left unconverted: " + "; ".join(f"{r['node'] or r['op']} ({r['op']}: {r['reason']})" for r in kept)
+        )
     return notes
 
 
@@ -690,8 +725,10 @@ def _conv_integer_as_float(model: ModelWrapper) -> int:
         source = x_float
         if ins[2]:
             zp_float, shifted = model.make_new_valueinfo_name(), model.make_new_valueinfo_name()
-            new_nodes += [helper.make_node("Cast", [ins[2]], [zp_float], name=f"{node.name}_zp_float", to=TensorProto.FLOAT),
-                          helper.make_node("Sub", [x_float, zp_float], [shifted], name=f"{node.name}_center")]
+            new_nodes += [
+                helper.make_node("Cast", [ins[2]], [zp_float], name=f"{node.name}_zp_float", to=TensorProto.FLOAT),
+                helper.make_node("Sub", [x_float, zp_float], [shifted], name=f"{node.name}_center"),
+            ]
             source = shifted
         conv = helper.make_node("Conv", [source, w_name], list(node.output), name=node.name)
         conv.attribute.extend(node.attribute)

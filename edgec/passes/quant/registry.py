@@ -92,7 +92,11 @@ def quant_pass_class(method: str) -> type[QuantizationPass]:
 
 
 def run_quantization(
-    model: ModelWrapper, specs: list, x: np.ndarray | None, y: np.ndarray | None, defaults: dict | None = None,
+    model: ModelWrapper,
+    specs: list,
+    x: np.ndarray | None,
+    y: np.ndarray | None,
+    defaults: dict | None = None,
     pass_arguments: dict | None = None,
 ) -> tuple[ModelWrapper, list[dict]]:
     """Run the quantization specs in order on ``model`` (as loaded: the model's own layout).
@@ -120,6 +124,7 @@ def run_quantization(
         x, description = random_inputs(model)
         y = None
         notes.append(f"no data given: calibrated and measured on {description}")
+
     def constructor_arguments(cls) -> dict:
         import inspect
 
@@ -143,20 +148,22 @@ def run_quantization(
         moved = deviations.deviation(model)
         if moved is not None:
             record.notes.append(f"outputs moved by {moved * 100:.2f}% (relative RMS against the unquantized model)")
-        records.append({
-            "name": quant_pass.method,
-            "params": quant_pass.params,
-            "seconds": elapsed(),
-            "metric": metrics.metric,
-            "accuracy_before": before,
-            "accuracy_after": after,
-            "output_deviation": moved,
-            "mode": record.mode,
-            "changed": record.changed,
-            "layers": record.layers,
-            "quantizers": record.quantizers,
-            "notes": notes + record.notes,
-            **record.extra,
-        })
+        records.append(
+            {
+                "name": quant_pass.method,
+                "params": quant_pass.params,
+                "seconds": elapsed(),
+                "metric": metrics.metric,
+                "accuracy_before": before,
+                "accuracy_after": after,
+                "output_deviation": moved,
+                "mode": record.mode,
+                "changed": record.changed,
+                "layers": record.layers,
+                "quantizers": record.quantizers,
+                "notes": notes + record.notes,
+                **record.extra,
+            }
+        )
         notes = []
     return model, records
