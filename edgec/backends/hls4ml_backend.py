@@ -538,7 +538,7 @@ def bind_products_to_dsp(hm, plan: LoweringPlan) -> list[str]:
             continue
         node = _onnx_node_for(layer, plan)
         choice = plan.layers.get(node) if node is not None else None
-        if choice is None or not choice.products_on_dsp or not (choice.variable_products or choice.compressed):
+        if choice is None or not choice.products_on_dsp or not choice.variable_products:
             continue
         config = layer.get_attr("config_cpp") or ""
         if plain not in config:
@@ -813,8 +813,6 @@ def lower(
         precision["weight"] = choice.weight_t.hls4ml()
         layer_cfg["Strategy"] = choice.strategy
         layer_cfg["ReuseFactor"] = choice.reuse_factor
-        if choice.compressed:
-            layer_cfg["Compression"] = True
     try:
         with _quiet():
             hm = hls4ml.converters.convert_from_onnx_model(
