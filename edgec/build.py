@@ -352,7 +352,7 @@ def _repair_toward(
                 key = (excess(tried), tried["lut"])
                 if key[0] < excess(figures) and (best is None or key < best[0]):
                     best = (key, name, ("reuse_factor", rf), tried)
-            if (choice.variable_products or choice.compressed) and not choice.products_on_dsp:
+            if choice.variable_products and not choice.products_on_dsp:
                 choice.products_on_dsp = True  # the same multipliers, in DSP slices instead of LUTs
                 tried = evaluate()
                 choice.products_on_dsp = False
@@ -807,57 +807,32 @@ def _divergence(planned: list[PlannedSegment], outputs: list[np.ndarray], placed
 
 
 @guarded("build")
-def build(
-    model: str | Path | onnx.ModelProto,
-    target: str = "pynq-z2",
-    output_dir: str | Path = "build",
-    data: str | Path | np.ndarray | tuple[np.ndarray, np.ndarray] | None = None,
-    force: bool = False,
-    min_agreement: float = 0.99,
-    io_type: str | None = None,
-    width: int = 16,
-    random_samples: int = 200,
-    progress: Callable[[str], None] | None = None,
-    options: DesignOptions | None = None,
-    prune: list | None = None,
-    quantize: list | None = None,
-    place: str = "auto",
-    placement: dict[str, str] | None = None,
-    cross: bool = True,
-    keep_failed: bool = False,
-) -> BuildResult:
-    """Build ``model`` for ``target`` into ``output_dir`` and verify it.
+@dataclass
+class DesignFlow:
+    """What the build's steps up to the cost model leave: the loaded (pruned, quantized) model,
+    its data, where each node runs and each FPGA segment's plan. ``build`` goes on to lower,
+    compile and verify it; ``estimate`` costs it as it stands, so both report the same design."""
 
-    ``model`` is a path or an ``onnx.ModelProto``. ``data`` is an .npz/.npy path, an array of inputs
-    in the model's layout, or an ``(x, y)`` tuple with integer labels; without it, deterministic
-    random inputs from the input's declared domain are used. Raises an :class:`edgec.errors.EdgecError`
-    subclass on any user-facing problem; nothing is left in ``output_dir`` unless the build verified.
-    ``progress``, if given, is called with a short line as each step finishes. ``options``
-    overrides part, clock, HLS backend, io type, strategy, reuse factor or precision (to reproduce
-    a published design); ``io_type`` is a shortcut for ``options.io_type``. ``prune`` is a list of
-    pruning specs (``"magnitude:sparsity=0.5"`` or ``("magnitude", {"sparsity": 0.5})``) run in
-    order on the model before it is lowered, on ``data`` when given (data-free otherwise);
-    ``quantize`` a list of quantization specs (``"fixed:bits=8"``) run after pruning.
+    options: DesignOptions
+    base_target: object  # the board as loaded (edgec.targets.Target)
+    device: object | None  # its FPGA with the options applied (edgec.cost.device.Device), None without one
+    tgt: object  # the board with that device's part and clock
+    loaded: object  # edgec.frontend.load.LoadedModel: .model is what the build implements
+    input_shape: list
+    x: np.ndarray
+    y: np.ndarray | None
+    data_desc: str
+    prune_records: list[dict]
+    placer: PlaceNodes
+    placed: object
+    planned: list[PlannedSegment]
+    partition_notes: list[str]
+    float_comparison: dict | None
 
-    ``place`` decides where nodes run: ``"auto"`` (default: the FPGA, except ops hls4ml cannot
-    implement and layers that do not fit the FPGA, which go to the board's CPU), ``"fpga"`` or
-    ``"cpu"``; ``placement`` overrides single nodes by name (``{"fc3": "cpu"}``). CPU parts are
-    compiled with TVM for the host (simulation) and, with ``cross``, for the board's CPU (``cpu/``).
-    With ``keep_failed``, a build that fails after it started writing leaves what it wrote in
-    ``<output_dir>.failed/`` (replacing an earlier one) instead of removing it.
-    """
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
 
-    def lap(name: str, detail: str = "") -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 3)
-        clock = now
-        if progress is not None:
-            progress(f"{name:<12} {timings[name]:6.2f} s  {detail}".rstrip())
-
-    enter("options")
+def resolve_options(target: str, options: DesignOptions | None, io_type: str | None = None):
+    """Check the design options and resolve the target and its FPGA device once:
+    ``(options, base_target, device or None, target with the device's part and clock)``."""
     options = options or DesignOptions()
     if io_type is not None and options.io_type is None:
         options = replace(options, io_type=io_type)
@@ -865,9 +840,28 @@ def build(
     base_target = load_target(target)
     device = options.device(base_target) if base_target.has_fpga else None
     tgt = target_for_device(base_target, device) if device is not None else base_target
-    out = Path(output_dir)
-    if out.exists() and not force:
-        raise OutputExistsError(f"output folder '{out}' already exists", hint="pass --force to replace it, or -o to choose another")
+    return options, base_target, device, tgt
+
+
+def design_flow(
+    model,
+    base_target,
+    tgt,
+    device,
+    options: DesignOptions,
+    data,
+    width: int,
+    random_samples: int,
+    prune: list | None,
+    quantize: list | None,
+    place: str,
+    placement: dict[str, str] | None,
+    progress=None,
+    lap=None,
+) -> DesignFlow:
+    """Load, prune, quantize, place, partition and configure ``model`` as a build does (see
+    ``build`` for the arguments); ``lap(step, detail)`` is called as each step finishes."""
+    lap = lap or (lambda name, detail="": None)
     enter("load")
     loaded = load_model(model)
     enter("data", loaded.model)
@@ -968,6 +962,115 @@ def build(
             progress(
                 f"{'':<12} {'':>6}    {p.segment.name}: {p.plan.io_type}, {len(p.plan.layers)} Dense/Conv layer(s) fitted to {tgt.name}"
             )
+    return DesignFlow(
+        options,
+        base_target,
+        device,
+        tgt,
+        loaded,
+        input_shape,
+        x,
+        y,
+        data_desc,
+        prune_records,
+        placer,
+        placed,
+        planned,
+        partition_notes,
+        float_comparison,
+    )
+
+
+def design_passes(flow: DesignFlow) -> list[dict]:
+    """The passes of a design for the report: the user's (pruning, quantization), then each FPGA
+    segment's canonicalization passes."""
+    fpga = [p for p in flow.planned if p.segment.placement == "fpga"]
+    return flow.prune_records + [
+        {
+            "name": q["name"],
+            "params": q.get("params", {}),
+            "seconds": q["seconds"],
+            **({"details": q["details"]} if q.get("details") else {}),
+        }
+        for p in fpga
+        for q in p.canonical.passes
+    ]
+
+
+def design_decisions(flow: DesignFlow, costs) -> list[str]:
+    """Every decision the flow and the cost model took, in the order they were taken."""
+    fpga = [p for p in flow.planned if p.segment.placement == "fpga"]
+    return (
+        flow.loaded.notes
+        + _prune_decisions(flow.prune_records)
+        + flow.partition_notes
+        + costs.decisions
+        + [line for p in fpga for line in _pass_decisions(p.canonical.passes) + p.plan.notes]
+    )
+
+
+def build(
+    model: str | Path | onnx.ModelProto,
+    target: str = "pynq-z2",
+    output_dir: str | Path = "build",
+    data: str | Path | np.ndarray | tuple[np.ndarray, np.ndarray] | None = None,
+    force: bool = False,
+    min_agreement: float = 0.99,
+    io_type: str | None = None,
+    width: int = 16,
+    random_samples: int = 200,
+    progress: Callable[[str], None] | None = None,
+    options: DesignOptions | None = None,
+    prune: list | None = None,
+    quantize: list | None = None,
+    place: str = "auto",
+    placement: dict[str, str] | None = None,
+    cross: bool = True,
+    keep_failed: bool = False,
+) -> BuildResult:
+    """Build ``model`` for ``target`` into ``output_dir`` and verify it.
+
+    ``model`` is a path or an ``onnx.ModelProto``. ``data`` is an .npz/.npy path, an array of inputs
+    in the model's layout, or an ``(x, y)`` tuple with integer labels; without it, deterministic
+    random inputs from the input's declared domain are used. Raises an :class:`edgec.errors.EdgecError`
+    subclass on any user-facing problem; nothing is left in ``output_dir`` unless the build verified.
+    ``progress``, if given, is called with a short line as each step finishes. ``options``
+    overrides part, clock, HLS backend, io type, strategy, reuse factor or precision (to reproduce
+    a published design); ``io_type`` is a shortcut for ``options.io_type``. ``prune`` is a list of
+    pruning specs (``"magnitude:sparsity=0.5"`` or ``("magnitude", {"sparsity": 0.5})``) run in
+    order on the model before it is lowered, on ``data`` when given (data-free otherwise);
+    ``quantize`` a list of quantization specs (``"fixed:bits=8"``) run after pruning.
+
+    ``place`` decides where nodes run: ``"auto"`` (default: the FPGA, except ops hls4ml cannot
+    implement and layers that do not fit the FPGA, which go to the board's CPU), ``"fpga"`` or
+    ``"cpu"``; ``placement`` overrides single nodes by name (``{"fc3": "cpu"}``). CPU parts are
+    compiled with TVM for the host (simulation) and, with ``cross``, for the board's CPU (``cpu/``).
+    With ``keep_failed``, a build that fails after it started writing leaves what it wrote in
+    ``<output_dir>.failed/`` (replacing an earlier one) instead of removing it.
+    """
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str, detail: str = "") -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+        if progress is not None:
+            progress(f"{name:<12} {timings[name]:6.2f} s  {detail}".rstrip())
+
+    enter("options")
+    options, base_target, device, tgt = resolve_options(target, options, io_type)
+    out = Path(output_dir)
+    if out.exists() and not force:
+        raise OutputExistsError(f"output folder '{out}' already exists", hint="pass --force to replace it, or -o to choose another")
+    flow = design_flow(
+        model, base_target, tgt, device, options, data, width, random_samples, prune, quantize, place, placement, progress, lap
+    )
+    loaded, x, y, data_desc, input_shape = flow.loaded, flow.x, flow.y, flow.data_desc, flow.input_shape
+    prune_records, placer, placed, planned = flow.prune_records, flow.placer, flow.placed, flow.planned
+    float_comparison = flow.float_comparison
+    fpga_parts = [p for p in planned if p.segment.placement == "fpga"]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.edgec-", dir=out.parent))
@@ -1105,22 +1208,8 @@ def build(
             "partition": costs.partition,
             "quantization_cost": float_comparison,
             "verification": verification,
-            "passes": prune_records
-            + [
-                {
-                    "name": q["name"],
-                    "params": q.get("params", {}),
-                    "seconds": q["seconds"],
-                    **({"details": q["details"]} if q.get("details") else {}),
-                }
-                for p in fpga_parts
-                for q in p.canonical.passes
-            ],
-            "decisions": loaded.notes
-            + _prune_decisions(prune_records)
-            + partition_notes
-            + costs.decisions
-            + [line for p in fpga_parts for line in _pass_decisions(p.canonical.passes) + p.plan.notes],
+            "passes": design_passes(flow),
+            "decisions": design_decisions(flow, costs),
             "timings": timings,
         }
         enter("report")

@@ -81,6 +81,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         options=_design_options(args),
         width=args.width,
         prune=args.prune,
+        quantize=args.quantize,
         place=args.place,
         placement=_placement_overrides(args.place_node),
         progress=lambda line: print(line, file=sys.stderr, flush=True),  # stdout stays the report (pure JSON with --json)
@@ -237,6 +238,12 @@ def make_parser() -> argparse.ArgumentParser:
         "fpga costs every op as hls4ml would implement it",
     )
     e.add_argument("--place-node", action="append", metavar="NODE=fpga|cpu", help="place one ONNX node (as in build)")
+    e.add_argument(
+        "--quantize",
+        action="append",
+        metavar="METHOD[:key=value,...]",
+        help="quantize after pruning (as in build): the estimate is the quantized build's design",
+    )
     _add_design_options(e)
     e.set_defaults(func=_cmd_estimate)
     s = sub.add_parser("simulate", help="run a build's C simulation on new inputs")

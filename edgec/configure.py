@@ -48,7 +48,6 @@ class LayerChoice:
     reuse_factor: int = 1
     reason: str = "fits at full parallelism"
     sparsity: float = 0.0  # fraction of zero weights (after quantization to weight_t)
-    compressed: bool = False  # hls4ml's compressed (index + value) weights, Resource-strategy Dense only
     depthwise: bool = False  # a grouped Conv with one input channel per group (hls4ml's DepthwiseConv)
     # The layer's shared (variable) multipliers are bound to DSP slices (Vitis BIND_OP impl=dsp /
     # Vivado HLS RESOURCE core=DSP48) instead of being left to HLS, which builds products narrower
@@ -288,8 +287,9 @@ def fit_to_target(model: ModelWrapper, plan: LoweringPlan, target: Target, backe
 # template has no `dense_function` for strategy "compressed" (KeyError during conversion; checked
 # with a 256x64 layer at 85% zeros, see docs/hls4ml-notes.md). Whether compression would pay off
 # is decided per layer by edgec.cost.break_even.choose_implementation (reported in each layer's
-# `implementation` and `break_even_ratio`). When a release fixes it, flip this and set
-# LayerChoice.compressed where choose_implementation returns fpga-resource-compressed.
+# `implementation` and `break_even_ratio`). When a release fixes it, flip this, give LayerChoice a
+# compressed flag where choose_implementation returns fpga-resource-compressed, set hls4ml's
+# `Compression: True` for it in hls4ml_backend.lower and pass it to the cost layers (plan_cost_layers).
 HLS4ML_COMPRESSION_WORKS = False
 
 

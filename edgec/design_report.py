@@ -24,7 +24,6 @@ from edgec.passes.prune.common import prunable_layers
 # The metric a layer's form is chosen by: energy per inference, which weighs both the arithmetic
 # and the memory traffic a sparse form changes (the report also gives cycles and resources).
 BREAK_EVEN_METRIC = "energy"
-LINEAR_KINDS = ("dense", "conv", "depthwise")
 ZERO_RESOURCES = {"lut": 0, "ff": 0, "dsp": 0, "bram18": 0}
 
 
@@ -73,7 +72,7 @@ def _layer_cost(cost: LayerCost | None, clock_ns: float) -> dict:
 def _break_even_fields(layer: LayerConfig | None, ratio: float | None, target, device, placement: str) -> tuple[dict, dict | None]:
     """The layer's ``implementation``/``pruning_ratio``/``break_even_ratio`` fields and its row of the
     break-even table (None for layers without weights)."""
-    if layer is None or layer.kind not in LINEAR_KINDS or ratio is None:
+    if layer is None or not layer.is_linear or ratio is None:
         return {"implementation": None, "pruning_ratio": None, "break_even_ratio": None}, None
     table = break_even_table(layer, target, device, placement, METRICS)  # one search for every metric
     implementation, reason, chosen = choose_implementation(

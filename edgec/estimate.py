@@ -22,10 +22,10 @@ from edgec.cost.device import Device, device_for
 from edgec.cost.layer import LayerConfig, plan_cost_layers
 from edgec.errors import OptionError
 from edgec.fixed_point import FixedType, parse_fixed
+from edgec.report import SCHEMA_VERSION
 from edgec.steps import enter, guarded
 from edgec.targets import Target, load_target
 
-REPORT_SCHEMA_VERSION = 1
 STRATEGIES = ("latency", "resource")
 IO_TYPES = ("io_parallel", "io_stream")
 
@@ -105,15 +105,15 @@ def layer_report(cost_layer, clock_ns: float) -> dict:
         "kind": layer.kind,
         "inputs_shape": layer.in_shape,
         "outputs_shape": layer.out_shape,
-        "macs": layer.multiplies if layer.kind in ("dense", "conv", "depthwise") else 0,
-        "params": layer.n_in * layer.n_out + layer.n_out if layer.kind in ("dense", "conv", "depthwise") else 0,
+        "macs": layer.multiplies if layer.is_linear else 0,
+        "params": layer.n_in * layer.n_out + layer.n_out if layer.is_linear else 0,
         "precision": {
             "weight": f"{layer.weight_bits} bits" if layer.weight_bits else None,
             "result": f"{layer.result_bits} bits",
-            "accum": f"{layer.accum_bits} bits" if layer.kind in ("dense", "conv", "depthwise") else None,
+            "accum": f"{layer.accum_bits} bits" if layer.is_linear else None,
         },
-        "strategy": layer.strategy.capitalize() if layer.kind in ("dense", "conv", "depthwise") else None,
-        "reuse_factor": layer.reuse_factor if layer.kind in ("dense", "conv", "depthwise") else None,
+        "strategy": layer.strategy.capitalize() if layer.is_linear else None,
+        "reuse_factor": layer.reuse_factor if layer.is_linear else None,
         "onnx_tensor": layer.output_tensor,
         **cost_layer.to_report(clock_ns),
     }
@@ -131,11 +131,12 @@ def estimate(
     data: str | Path | np.ndarray | tuple[np.ndarray, np.ndarray] | None = None,
     options: DesignOptions | None = None,
     width: int = 16,
-    random_samples: int = 32,
+    random_samples: int = 200,
     prune: list | None = None,
     progress=None,
     place: str = "auto",
     placement: dict[str, str] | None = None,
+    quantize: list | None = None,
 ) -> dict:
     """Estimate ``model``'s design on ``target``; returns a report dict (layers, totals, cost_model).
 
@@ -144,30 +145,41 @@ def estimate(
     with the PS-PL transfers, as the build would partition the model. ``place="fpga"`` costs
     every op as hls4ml would implement it (with a warning for ops edgec cannot build), which is
     what the cost model's validation against synthesis reports uses.
+
+    Except with ``place="fpga"``, the estimate runs the build's own steps up to the cost model
+    (``edgec.build.design_flow``: load, prune, ``quantize``, place, partition, configure, the
+    comparison of a quantized design with the float one) and costs what they leave, so its totals
+    are the build's. ``random_samples`` (without ``data``) is the build's default too: the ranges
+    the configurator calibrates on, and so the types, are the same.
     """
     from edgec.data import resolve_data
     from edgec.frontend.canonicalize import canonicalize
     from edgec.frontend.load import load_model
     from edgec.runtime.hetero import to_canonical_layout
 
+    started = time.perf_counter()
+    if place != "fpga":
+        return _estimate_flow(model, target, data, options, width, random_samples, prune, quantize, progress, place, placement, started)
     options = options or DesignOptions()
     options.check()
-    started = time.perf_counter()
     tgt = load_target(target)
+    if not tgt.has_fpga:
+        return _estimate_flow(model, target, data, options, width, random_samples, prune, quantize, progress, place, placement, started)
     enter("load")
     loaded = load_model(model)
     enter("data", loaded.model)
-    device = options.device(tgt) if tgt.has_fpga else None
+    device = options.device(tgt)
     x, y, _ = resolve_data(data, loaded.model, random_samples)
     prune_records: list[dict] = []
     if prune:
         from edgec.build import prune_model
 
         loaded.model, prune_records = prune_model(loaded.model, prune, x if data is not None else None, y, x, progress, target=tgt.name)
-    if place != "fpga" or not tgt.has_fpga:
-        partitioned = _estimate_partitioned(loaded, tgt, device, x, options, width, place, placement, prune_records, started)
-        if partitioned is not None:
-            return partitioned
+    if quantize:
+        from edgec.build import quantize_model
+
+        loaded.model, quant_records = quantize_model(loaded.model, quantize, x if data is not None else None, y, tgt.name, options, width)
+        prune_records += quant_records
     enter("canonicalize", loaded.model)
     canonical = canonicalize(loaded.model, for_estimate=True)
     enter("configure", canonical.model)
@@ -183,7 +195,7 @@ def estimate(
             "figures are for hls4ml's own implementation of: " + "; ".join(canonical.unsupported),
         )
     report = {
-        "schema_version": REPORT_SCHEMA_VERSION,
+        "schema_version": SCHEMA_VERSION,
         "edgec_version": __version__,
         "kind": "estimate",
         "model": {"path": loaded.path, "sha256": loaded.sha256},
@@ -201,48 +213,33 @@ def estimate(
     return report
 
 
-def _estimate_partitioned(
-    loaded,
-    tgt: Target,
-    device,
-    x,
-    options: DesignOptions,
-    width: int,
-    place: str,
-    placement: dict[str, str] | None,
-    prune_records: list[dict],
-    started: float,
-) -> dict | None:
-    """The estimate of a model the build would partition (None when it all stays on the FPGA)."""
-    from edgec.build import plan_partition
+def _estimate_flow(model, target, data, options, width, random_samples, prune, quantize, progress, place, placement, started) -> dict:
+    """The estimate of the design the build makes: its own flow (``edgec.build.design_flow``) up to
+    the cost model, costed as the build costs it (``cost_partitioned_design``)."""
+    from edgec.build import design_decisions, design_flow, design_passes, resolve_options
     from edgec.design_report import cost_partitioned_design, target_report
-    from edgec.passes.partition import PlaceNodes, absorb_wiring_atoms, atoms, prepare
 
-    placer = PlaceNodes(place, placement, has_fpga=tgt.has_fpga, has_cpu=tgt.cpu is not None, target_name=tgt.name)
-    placed = prepare(loaded.model).transform(placer)
-    atom_list = atoms(placed)
-    absorb_wiring_atoms(placed, atom_list)
-    if all(atom.placement == "fpga" for atom in atom_list):
-        return None  # one FPGA segment (or a fit problem the single-design path reports)
-    pinned = {name for name, where in (placement or {}).items() if where == "fpga"}
-    fpga_target = target_for_device(tgt, device) if device is not None else tgt
-    planned, notes = plan_partition(placed, x, fpga_target, options, width, placer.place, pinned)
-    if not tgt.has_fpga:
-        notes.insert(0, f"{tgt.name} has no FPGA: every node runs on its {tgt.cpu.name} (TVM)")
-    costs = cost_partitioned_design(planned, {}, {}, tgt, device, options, pruned=any("ops_before" in r for r in prune_records))
+    options, base_target, device, tgt = resolve_options(target, options)
+    flow = design_flow(model, base_target, tgt, device, options, data, width, random_samples, prune, quantize, place, placement, progress)
+    pruned = any("ops_before" in r for r in flow.prune_records)
+    costs = cost_partitioned_design(flow.planned, {}, {}, base_target, device, options, pruned=pruned)
+    notes = design_decisions(flow, costs)
+    if not base_target.has_fpga:
+        notes.insert(0, f"{base_target.name} has no FPGA: every node runs on its {base_target.cpu.name} (TVM)")
     return {
-        "schema_version": REPORT_SCHEMA_VERSION,
+        "schema_version": SCHEMA_VERSION,
         "edgec_version": __version__,
         "kind": "estimate",
-        "model": {"path": loaded.path, "sha256": loaded.sha256},
-        "target": target_report(tgt, device),
-        "io_type": next((p.plan.io_type for p in planned if p.plan), None),
-        "options": {**options.as_dict(), "place": placer.place},
+        "model": {"path": flow.loaded.path, "sha256": flow.loaded.sha256},
+        "target": target_report(base_target, device),
+        "io_type": next((p.plan.io_type for p in flow.planned if p.plan), None),
+        "options": {**options.as_dict(), "place": flow.placer.place},
         "layers": costs.layers,
         **costs.sections,
         "partition": costs.partition,
-        "passes": prune_records,
-        "decisions": notes + costs.decisions + [line for p in planned if p.plan for line in p.plan.notes],
+        "quantization_cost": flow.float_comparison,
+        "passes": design_passes(flow),
+        "decisions": notes,
         "verification": None,
         "timings": {"estimate": round(time.perf_counter() - started, 3)},
     }

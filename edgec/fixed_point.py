@@ -164,13 +164,13 @@ VIEW_OPS = ("Reshape", "Flatten", "Transpose", "Identity", "Squeeze", "Unsqueeze
 def droppable_input_quantizer(model):
     """The QONNX ``Quant`` that alone reads the graph input, when the Input can take its exact type
     (``input_quantizer_type``) and the layer hls4ml makes of it can go: it does not write the graph
-    output and one layer that is not a view reads it. The backend removes that layer and the cost model leaves it out."""
+    output and no view reads it (an io_parallel reshape is a view of its input's variable). The backend removes that layer and the cost model leaves it out."""
     if input_quantizer_type(model) is None:
         return None
     quant = model.find_consumers(model.graph.input[0].name)[0]
     if quant.output[0] in {o.name for o in model.graph.output}:
         return None
     readers = model.find_consumers(quant.output[0]) or []
-    if len(readers) != 1 or readers[0].op_type in VIEW_OPS:  # several readers: an io_stream Clone names it
+    if not readers or any(r.op_type in VIEW_OPS for r in readers):
         return None
     return quant

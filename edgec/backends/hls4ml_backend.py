@@ -496,9 +496,9 @@ def drop_input_quantizer(hm, model: ModelWrapper) -> str | None:
     quantizer = readers[0]
     if not _is_quantizer(quantizer) or quantizer.get_attr("activation") != "linear" or quantizer.outputs[0] in hm.outputs:
         return None
-    if any(quantizer.outputs[0] in layer.inputs and layer.class_name in PASS_THROUGH_CLASSES for layer in layers):
-        # io_parallel reshapes are views of their input's variable, and an io_stream Clone names
-        # it: it must stay (droppable_input_quantizer's one-reader, no-view check rules this out)
+    if any(quantizer.outputs[0] in layer.inputs and layer.class_name in ("Reshape", "Flatten") for layer in layers):
+        # io_parallel reshapes are views of their input's variable: it must stay
+        # (droppable_input_quantizer's no-view check rules this out)
         log.debug("kept %s: a reshape reads it", quantizer.name)
         return None
     if str(quantizer.get_output_variable().type.precision) != str(inputs[0].get_output_variable().type.precision):
@@ -513,10 +513,12 @@ def _refresh_templates(hm) -> None:
     hls4ml renders them during conversion (as "template" optimizer passes), so they would still
     name the types inferred then.
     """
+    from hls4ml.backends.fpga.passes.clone import CloneFunctionTemplate
     from hls4ml.model.optimizer import get_optimizer
 
     backend = hm.config.backend
-    templates = [get_optimizer(name) for name in backend._get_layer_templates()]
+    # the io_stream Clone's template is registered apart from the layer templates
+    templates = [get_optimizer(name) for name in backend._get_layer_templates()] + [CloneFunctionTemplate()]
     for layer in hm.get_layers():
         for template in templates:
             if template.match(layer):
@@ -538,7 +540,7 @@ def bind_products_to_dsp(hm, plan: LoweringPlan) -> list[str]:
             continue
         node = _onnx_node_for(layer, plan)
         choice = plan.layers.get(node) if node is not None else None
-        if choice is None or not choice.products_on_dsp or not (choice.variable_products or choice.compressed):
+        if choice is None or not choice.products_on_dsp or not choice.variable_products:
             continue
         config = layer.get_attr("config_cpp") or ""
         if plain not in config:
@@ -813,8 +815,6 @@ def lower(
         precision["weight"] = choice.weight_t.hls4ml()
         layer_cfg["Strategy"] = choice.strategy
         layer_cfg["ReuseFactor"] = choice.reuse_factor
-        if choice.compressed:
-            layer_cfg["Compression"] = True
     try:
         with _quiet():
             hm = hls4ml.converters.convert_from_onnx_model(

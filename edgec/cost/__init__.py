@@ -1,1 +1,2 @@
-"""Cost models (resources now; cycles and energy arrive with issue 3). Every constant cites a source."""
+"""Cost models of a lowered design: cycles, resources, energy, the CPU, PS-PL transfers and break-even
+pruning ratios. They take the target (a ``Device``/``CpuSpec``) as input; every constant cites its source."""

@@ -77,11 +77,6 @@ FPGA_RESOURCE_COMPRESSED = "fpga-resource-compressed"
 FPGA_UNROLLED_TERNARY = "fpga-unrolled-ternary"
 CPU_DENSE = "cpu-dense"
 CPU_SPARSE = "cpu-sparse"
-LINEAR_KINDS = ("dense", "conv", "depthwise")
-UNITS = {
-    "fpga": {"cycles": "cycles", "resources": "device fraction", "energy": "nJ"},
-    "cpu": {"cycles": "cycles", "resources": "bytes", "energy": "nJ"},
-}
 
 # edgec's CPU path (edgec.backends.tvm) compiles the float32 ONNX graph with TVM's dense operators:
 # weights are float32 and every layer is lowered densely (no sparse schedule). Flip this when it
@@ -349,7 +344,7 @@ def _check(layer: LayerConfig, placement: str, metric: str) -> None:
         raise OptionError(f"unknown placement '{placement}' for layer {layer.name}", hint=f"use one of: {', '.join(PLACEMENTS)}")
     if metric not in METRICS:
         raise OptionError(f"unknown break-even metric '{metric}' for layer {layer.name}", hint=f"use one of: {', '.join(METRICS)}")
-    if layer.kind not in LINEAR_KINDS or layer.n_in * layer.n_out == 0:
+    if not layer.is_linear or layer.n_in * layer.n_out == 0:
         raise OptionError(
             f"layer {layer.name} ({layer.op}) has no weights to prune", hint="break-even ratios exist for Dense/Conv layers only"
         )

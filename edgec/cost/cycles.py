@@ -155,7 +155,7 @@ def _elementwise(layer: LayerConfig, device: Device) -> LayerCycles:
 
 def layer_cycles(layer: LayerConfig, device: Device) -> LayerCycles:
     """Latency and II of one layer on ``device``."""
-    if layer.kind in ("dense", "conv", "depthwise"):
+    if layer.is_linear:
         return _linear(layer, device)
     return _elementwise(layer, device)
 

@@ -50,7 +50,7 @@ class LayerCost:
             "resources": self.resources.as_dict(),
             "energy_nj": round(self.energy.total, 6),
             "energy_breakdown_nj": self.energy.as_dict(),
-            "sparsity": round(self.layer.sparsity, 4) if self.layer.kind in ("dense", "conv", "depthwise") else None,
+            "sparsity": round(self.layer.sparsity, 4) if self.layer.is_linear else None,
         }
 
 
@@ -136,7 +136,7 @@ class DesignCost:
 def _depth(cyc: cycles_model.LayerCycles, layer: LayerConfig) -> int:
     """Pipeline registers of a layer's arithmetic: its latency without the cycles spent reading
     and writing streams or looping over pixels."""
-    linear = layer.kind in ("dense", "conv", "depthwise")
+    linear = layer.is_linear
     if layer.io_type == "io_stream":
         if not linear:
             return 0
@@ -159,7 +159,7 @@ def estimate_design(layers: list[LayerConfig], device: Device, power: dict | Non
     for index, (layer, cyc) in enumerate(zip(layers, per_cycles, strict=True)):
         res = resources_model.layer_resources(layer, device, _depth(cyc, layer), is_last=index == len(layers) - 1)
         census = None
-        if layer.kind in ("dense", "conv", "depthwise") and layer.weight_codes is not None and not layer.binary_weights:
+        if layer.is_linear and layer.weight_codes is not None and not layer.binary_weights:
             census = resources_model.layer_census(layer, device)
         energy = energy_model.layer_energy(
             layer,

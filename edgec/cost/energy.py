@@ -88,7 +88,7 @@ class LayerEnergy:
 def _compute_pj(layer: LayerConfig, dsp_products: int | None, lut_products: int | None) -> float:
     """Arithmetic of one inference at 45 nm, with the FPGA gap applied (pJ)."""
     fpga_add = FPGA_LOGIC_GAP
-    if layer.kind in ("dense", "conv", "depthwise"):
+    if layer.is_linear:
         constant = layer.strategy != "resource" or layer.reuse_factor <= 1
         nonzero = layer.nonzero_weights if constant or layer.compressed else layer.n_in * layer.n_out
         per_position_adds = max(nonzero - layer.n_out, 0) + layer.nonzero_bias
@@ -139,10 +139,10 @@ def layer_energy(
     compute_pj += register_bits * add_pj(1) * REGISTER_BIT_FRACTION_OF_ADD * FPGA_LOGIC_GAP * scale
     memory_pj = 0.0
     bram_pj = float(power["bram_read_pj_per_bit"])
-    if layer.kind in ("dense", "conv", "depthwise") and layer.compressed:
+    if layer.is_linear and layer.compressed:
         index_bits = 2 * max(1, (max(layer.n_in, layer.n_out) - 1).bit_length())
         memory_pj += layer.nonzero_weights * (layer.weight_bits + index_bits) * bram_pj * layer.positions
-    elif layer.kind in ("dense", "conv", "depthwise") and layer.strategy == "resource" and layer.reuse_factor > 1:
+    elif layer.is_linear and layer.strategy == "resource" and layer.reuse_factor > 1:
         memory_pj += layer.n_in * layer.n_out * layer.weight_bits * bram_pj  # every weight read once per position
         memory_pj *= layer.positions
     if layer.table_size:

@@ -45,6 +45,10 @@ DEFAULT_TABLE_SIZE = 1024
 DEFAULT_TABLE_BITS = 18
 
 
+# the layer kinds that multiply by weights (hls4ml Dense, Conv1D/2D, DepthwiseConv1D/2D)
+LINEAR_KINDS = ("dense", "conv", "depthwise")
+
+
 @dataclass
 class LayerConfig:
     """One lowered layer, as the cycle/resource/energy models need it.
@@ -87,6 +91,11 @@ class LayerConfig:
     merge_inputs: int = 0
     fused_tensors: list[str] = field(default_factory=list)  # every tensor of the fused chain (MatMul, bias Add, quantizer)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_linear(self) -> bool:
+        """A Dense/Conv/Depthwise layer (one of ``LINEAR_KINDS``): products and an adder tree."""
+        return self.kind in LINEAR_KINDS
 
     @property
     def in_elems(self) -> int:
@@ -470,7 +479,6 @@ def plan_cost_layers(model: ModelWrapper, plan, io_type: str, strategy: str | No
     layers = layers_from_onnx(model, settings, tensor_type, weight_type, layer_strategy)
     for layer in layers:
         choice = plan.layers.get(layer.name)
-        layer.compressed = bool(choice is not None and getattr(choice, "compressed", False))
         layer.products_on_dsp = bool(choice is not None and getattr(choice, "products_on_dsp", False))
     return layers
 

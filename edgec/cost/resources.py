@@ -314,7 +314,7 @@ def _elementwise(layer: LayerConfig, device: Device, depth: int) -> LayerResourc
 def layer_resources(layer: LayerConfig, device: Device, depth: int, is_last: bool = False) -> LayerResources:
     """Resources of one layer; ``depth`` is its pipeline depth from edgec.cost.cycles; the last
     layer writes the design's output port rather than a FIFO."""
-    res = _linear(layer, device, depth) if layer.kind in ("dense", "conv", "depthwise") else _elementwise(layer, device, depth)
+    res = _linear(layer, device, depth) if layer.is_linear else _elementwise(layer, device, depth)
     res.lut = int(round(res.lut)) + LUT_PER_LAYER_CONTROL
     res.ff, res.dsp, res.bram18 = int(round(res.ff)), int(res.dsp), int(res.bram18)
     if layer.io_type == "io_stream":

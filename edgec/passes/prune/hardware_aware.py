@@ -58,7 +58,7 @@ def planned_layers(model: ModelWrapper, ctx: PruneContext) -> tuple[dict[str, La
     canonical = canonicalize(model, for_estimate=True)
     options = DesignOptions()
     plan = plan_design(canonical.model, to_canonical_layout(x, canonical.input_perm), target, options, 16)
-    lowered = [layer for layer in cost_layers(canonical.model, plan, plan.io_type, options) if layer.kind in ("dense", "conv", "depthwise")]
+    lowered = [layer for layer in cost_layers(canonical.model, plan, plan.io_type, options) if layer.is_linear]
     matched: dict[str, LayerConfig] = {}
     notes: list[str] = []
     cursor = 0

@@ -437,11 +437,8 @@ class StructuredProbabilisticPruning(PruningPass):
             }
 
     def _remove_channels(self, model: ModelWrapper) -> ModelWrapper:
-        try:
-            from edgec.passes.prune.channels import remove_zero_channels
-        except ImportError:
-            self.record.notes.append("zeroed groups left in place (physical channel removal is not available)")
-            return model
+        from edgec.passes.prune.channels import remove_zero_channels
+
         try:
             smaller, info = remove_zero_channels(model)
         except Exception as error:  # the groups are zeroed either way: keep that model, say why
