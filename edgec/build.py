@@ -806,7 +806,6 @@ def _divergence(planned: list[PlannedSegment], outputs: list[np.ndarray], placed
     return None
 
 
-@guarded("build")
 @dataclass
 class DesignFlow:
     """What the build's steps up to the cost model leave: the loaded (pruned, quantized) model,
@@ -1009,6 +1008,7 @@ def design_decisions(flow: DesignFlow, costs) -> list[str]:
     )
 
 
+@guarded("build")
 def build(
     model: str | Path | onnx.ModelProto,
     target: str = "pynq-z2",
