@@ -31,7 +31,7 @@ from edgec.frontend.canonicalize import CanonicalModel, canonicalize
 from edgec.frontend.load import load_model
 from edgec.frontend.support import check_single_io
 from edgec.passes.partition import PlaceNodes, Segment, absorb_wiring_atoms, atoms, move_largest_to_cpu, prepare, split_segments
-from edgec.passes.quant.float_on_cpu import QUANTIZER_OPS as CPU_FLOAT_QUANTIZER_OPS
+from edgec.passes.quant.fixed import QUANTIZER_OPS
 from edgec.passes.quant.float_on_cpu import KeepCpuLayersFloat
 from edgec.report import SCHEMA_VERSION, render_summary, write_report
 from edgec.report_html import write_html
@@ -500,6 +500,14 @@ def compare_partitioned_with_float(
     def layout(segments: list[PlannedSegment]) -> str:
         return " + ".join(p.segment.placement for p in segments)
 
+    def adopt_segments(alternative: list[PlannedSegment]) -> None:
+        """Placed as the float build: segment by segment, the float design's parallelism (then
+        repaired), as for one FPGA design."""
+        if layout(alternative) == layout(float_planned):
+            for q_seg, f_seg in zip(alternative, float_planned):
+                if q_seg.segment.placement == "fpga":
+                    _adopt_float_parallelism(q_seg, f_seg.canonical.model, f_seg.plan, options, device)
+
     result = {
         "float": reference,
         "configured": own,
@@ -516,11 +524,8 @@ def compare_partitioned_with_float(
             alternative, _ = plan_partition(placed, x, tgt, options, width, "auto", pinned)
         except TargetFitError:
             alternative = None
-        if alternative is not None and layout(alternative) == layout(float_planned):
-            # segment by segment, the float design's parallelism (then repaired), as for one FPGA design
-            for q_seg, f_seg in zip(alternative, float_planned):
-                if q_seg.segment.placement == "fpga":
-                    _adopt_float_parallelism(q_seg, f_seg.canonical.model, f_seg.plan, options, device)
+        if alternative is not None:
+            adopt_segments(alternative)
         if alternative is not None:
             figures = _system_figures(alternative, tgt, options, device)
             result["float_placement"] = figures
@@ -539,10 +544,7 @@ def compare_partitioned_with_float(
         except TargetFitError:
             alternative = None
         if alternative is not None:
-            if layout(alternative) == layout(float_planned):
-                for q_seg, f_seg in zip(alternative, float_planned):
-                    if q_seg.segment.placement == "fpga":
-                        _adopt_float_parallelism(q_seg, f_seg.canonical.model, f_seg.plan, options, device)
+            adopt_segments(alternative)
             figures = _system_figures(alternative, tgt, options, device)
             if worse(figures):
                 steps = _repair_system(alternative, figures, options, device, worse, excess)
@@ -570,7 +572,7 @@ def compare_partitioned_with_float(
 
 def _has_quantizers(model) -> bool:
     """Whether a model has QONNX quantizers of its own (then they are the user's, not edgec's)."""
-    return any(node.op_type in CPU_FLOAT_QUANTIZER_OPS for node in model.graph.node)
+    return any(node.op_type in QUANTIZER_OPS for node in model.graph.node)
 
 
 def no_worse_than_float(

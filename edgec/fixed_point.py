@@ -158,7 +158,7 @@ def quant_node_type(model, quant) -> FixedType | None:
 
 # ops that only move values: hls4ml makes them views of their input's variable (io_parallel), so the
 # layer in front of them cannot be removed from under them
-VIEW_OPS = ("Reshape", "Flatten", "Transpose", "Identity", "Squeeze", "Unsqueeze")
+LAYOUT_OPS = ("Reshape", "Flatten", "Transpose", "Identity", "Squeeze", "Unsqueeze")
 
 
 def droppable_input_quantizer(model):
@@ -171,6 +171,6 @@ def droppable_input_quantizer(model):
     if quant.output[0] in {o.name for o in model.graph.output}:
         return None
     readers = model.find_consumers(quant.output[0]) or []
-    if not readers or any(r.op_type in VIEW_OPS for r in readers):
+    if not readers or any(r.op_type in LAYOUT_OPS for r in readers):
         return None
     return quant

@@ -52,8 +52,9 @@ from qonnx.transformation.general import RemoveUnusedTensors
 from qonnx.transformation.infer_shapes import InferShapes
 
 from edgec.errors import DataError, OptionError
-from edgec.fixed_point import FixedType, exact_type, table_input_type
+from edgec.fixed_point import LAYOUT_OPS, FixedType, exact_type, table_input_type
 from edgec.passes.fold_affine import FoldAffineIntoLinear
+from edgec.passes.graph_utils import bypass
 from edgec.passes.hoist_affine import HoistAffineAboveSqueeze
 from edgec.passes.prune.common import WeightRef, attr, prunable_layers
 from edgec.passes.quant.calibrate import TensorRange, accumulator_name, calibrate_ranges
@@ -64,7 +65,6 @@ QUANTIZER_OPS = ("Quant", "BipolarQuant", "Trunc", "IntQuant")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 # Ops whose output lies on their input's grid: no quantizer of their own.
 GRID_PRESERVING_OPS = ("MaxPool", "GlobalMaxPool", "Reshape", "Flatten", "Transpose", "Identity", "Squeeze", "Unsqueeze")
-LAYOUT_OPS = ("Reshape", "Flatten", "Transpose", "Identity", "Squeeze", "Unsqueeze")
 # Elementwise ops that continue a layer: its quantizer goes after them (bias, scale, activation).
 CONTINUATION_OPS = ("Add", "Sub", "Mul", "Div", "BatchNormalization")
 ACTIVATION_OPS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "Elu", "Selu", "Softplus", "PRelu")
@@ -101,27 +101,9 @@ def _quantizers_in(model: ModelWrapper) -> dict[str, int]:
 
 
 def _strip_quantizers(model: ModelWrapper) -> int:
-    """Remove every Quant/BipolarQuant/Trunc node, wiring its input straight to its consumers."""
-    outputs = {o.name for o in model.graph.output}
-    removed = 0
-    for node in list(model.graph.node):
-        if node.op_type not in QUANTIZER_OPS:
-            continue
-        src, dst = node.input[0], node.output[0]
-        model.graph.node.remove(node)
-        if dst in outputs and model.find_producer(src) is not None:
-            model.find_producer(src).output[list(model.find_producer(src).output).index(src)] = dst
-            for other in model.graph.node:
-                for i, name in enumerate(other.input):
-                    if name == src:
-                        other.input[i] = dst
-        else:
-            for other in model.graph.node:
-                for i, name in enumerate(other.input):
-                    if name == dst:
-                        other.input[i] = src
-        removed += 1
-    return removed
+    """Remove every Quant/BipolarQuant/Trunc node, wiring its input straight to its consumers
+    (``graph_utils.bypass``; one that copies the graph input straight to the output stays)."""
+    return sum(bypass(model, node) for node in list(model.graph.node) if node.op_type in QUANTIZER_OPS)
 
 
 def _unique(model: ModelWrapper, base: str) -> str:

@@ -26,11 +26,10 @@ import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.transformation.base import Transformation
 
+from edgec.fixed_point import LAYOUT_OPS
 from edgec.passes.graph_utils import bypass
 from edgec.passes.partition import PLACEMENT_KEY, REASON_KEY, _set_meta, constant_nodes, pin, placement_of
-from edgec.passes.quant.fixed import LAYOUT_OPS
-
-QUANTIZER_OPS = ("Quant", "BipolarQuant", "Trunc", "IntQuant")
+from edgec.passes.quant.fixed import QUANTIZER_OPS
 
 
 class KeepCpuLayersFloat(Transformation):
