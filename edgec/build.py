@@ -352,8 +352,8 @@ def _repair_toward(
                 key = (excess(tried), tried["lut"])
                 if key[0] < excess(figures) and (best is None or key < best[0]):
                     best = (key, name, ("reuse_factor", rf), tried)
-            if choice.variable_products and not choice.products_on_dsp:
-                choice.products_on_dsp = True  # the same multipliers, in DSP slices instead of LUTs
+            if choice.can_bind_products and not choice.products_on_dsp:
+                choice.products_on_dsp = True  # the same products, in DSP slices instead of LUTs
                 tried = evaluate()
                 choice.products_on_dsp = False
                 key = (excess(tried), tried["lut"])
@@ -374,7 +374,7 @@ def _repair_toward(
                 f"reuse factor {choice.reuse_factor}: adjusted from the float design's so quantizing costs no more than the float design"
             )
         if choice.products_on_dsp and "bound to DSP" not in choice.reason:
-            choice.reason += "; its shared multipliers are bound to DSP slices (narrow products would otherwise take LUTs)"
+            choice.reason += "; its products are bound to DSP slices (narrow products would otherwise take LUTs)"
     return figures, steps
 
 

@@ -49,17 +49,17 @@ class LayerChoice:
     reason: str = "fits at full parallelism"
     sparsity: float = 0.0  # fraction of zero weights (after quantization to weight_t)
     depthwise: bool = False  # a grouped Conv with one input channel per group (hls4ml's DepthwiseConv)
-    # The layer's shared (variable) multipliers are bound to DSP slices (Vitis BIND_OP impl=dsp /
-    # Vivado HLS RESOURCE core=DSP48) instead of being left to HLS, which builds products narrower
-    # than ~10 bits in LUTs. Only meaningful where the products are variable: Resource strategy
-    # with a reuse factor above 1.
+    # The layer's products are bound to DSP slices (Vitis BIND_OP impl=dsp / Vivado HLS RESOURCE
+    # core=DSP48) instead of being left to HLS, which builds variable products narrower than ~10
+    # bits, and constant products with few signed digits, in LUTs.
     products_on_dsp: bool = False
 
     @property
-    def variable_products(self) -> bool:
-        """Whether the layer's products are shared multipliers fed from weight memory (Resource
-        strategy, reuse factor > 1), which is where binding them to DSP slices applies."""
-        return self.strategy == "Resource" and self.reuse_factor > 1
+    def can_bind_products(self) -> bool:
+        """Whether binding the products to DSP slices applies: hls4ml gives the layer its plain
+        ``mult`` product, which it does for weights of 3 bits and more (narrower ones get the
+        binary/ternary products, built from XNORs and muxes)."""
+        return self.weight_t.width >= 3
 
     @property
     def serial_strategy(self) -> str:

@@ -111,18 +111,25 @@ def parse_fixed(spec: str) -> FixedType:
 # on [-8, 8), indexing with ``int(x * size / span)``. An input on the grid span / size indexes its
 # own entry exactly, so quantizing a table activation's input to that grid (and tabulating the
 # quantized output) makes the activation exact.
+# ELU tabulates exp(x) - 1 on [-8, 0) (``index = x * size / -8``) and passes x >= 0 through, so its
+# input keeps the grid of the table and the range the values have.
 ACTIVATION_TABLE_SIZE = 4096
-TABLE_SPANS = {"Tanh": 8.0, "Sigmoid": 16.0}
+TABLE_SPANS = {"Tanh": 8.0, "Sigmoid": 16.0, "Elu": 8.0}
+IDENTITY_ABOVE_ZERO = ("Elu",)
 
 
-def table_input_type(op_type: str) -> FixedType | None:
+def table_input_type(op_type: str, peak: float = 0.0) -> FixedType | None:
     """The signed fixed-point type whose grid is the table's index grid and whose range is the
-    table's span, for a table activation (None for others)."""
+    table's span, for a table activation (None for others). For ELU, which passes positive inputs
+    through, the range also holds ``peak`` (the largest input magnitude calibrated)."""
     span = TABLE_SPANS.get(op_type)
     if span is None:
         return None
     step_exponent = int(round(math.log2(span / ACTIVATION_TABLE_SIZE)))
     integer = int(round(math.log2(span)))  # signed ap_fixed<W, I> holds [-2^(I-1), 2^(I-1)) = [-span/2, span/2)
+    if op_type in IDENTITY_ABOVE_ZERO:
+        # [-span, span) at least, and the calibrated peak
+        integer = max(integer + 1, math.ceil(math.log2(max(peak, 1e-30))) + 1 if peak > 0 else 0)
     return FixedType(integer - step_exponent, integer, True)
 
 

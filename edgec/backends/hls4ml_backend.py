@@ -92,16 +92,30 @@ def _is_quantizer(layer) -> bool:
     )
 
 
-def _feeds_quantizer(var: str, consumers: dict[str, list]) -> bool:
-    """Whether ``var`` reaches a quantizer only through layers that move values (Reshape...): the
-    producer then hands on its exact sum, rounded once, by the quantizer (rounding it to a
-    calibrated type first would round twice and miss the quantized reference by an LSB)."""
+# Activations computed exactly in ap_fixed arithmetic (a comparison and, below zero, one product by
+# an exactly typed slope): given an exact input and a quantizer's type as output, they round once.
+EXACT_SLOPE_ACTIVATIONS = ("leakyrelu", "prelu")
+
+
+def _exact_slope_activation(layer) -> bool:
+    return layer.class_name == "PReLU" or str(layer.get_attr("activation") or "").lower() in EXACT_SLOPE_ACTIVATIONS
+
+
+def _feeds_quantizer(var: str, consumers: dict[str, list], quantized_output=None) -> bool:
+    """Whether ``var`` reaches a quantizer only through layers that move values (Reshape...), or
+    through a LeakyReLU/PReLU whose output hls4ml typed with the model's quantizer
+    (``quantized_output(layer)``): the producer then hands on its exact sum, rounded once, by the
+    quantizer (rounding it to a calibrated type first would round twice and miss the quantized
+    reference by an LSB)."""
     readers = consumers.get(var, [])
     for _ in range(8):
         if len(readers) != 1 or readers[0].class_name not in PASS_THROUGH_CLASSES:
             break
         readers = consumers.get(readers[0].outputs[0], [])
-    return any(_is_quantizer(c) for c in readers)
+    return any(
+        _is_quantizer(c) or (_exact_slope_activation(c) and quantized_output is not None and quantized_output(c))
+        for c in readers
+    )
 
 
 def _resolve_tensor(model: ModelWrapper, tensor: str, hls_vars: set[str]) -> str:
@@ -189,6 +203,34 @@ def _configure_table_activation(layer) -> bool:
     layer.set_attr("table_t", _named_type(f"{layer.name}_table_t", ftype))
     layer.set_attr("table_size", ACTIVATION_TABLE_SIZE)
     return True
+
+
+def _activation_parameter(layer) -> float | None:
+    """The scalar parameter (alpha) of a parametrized activation (LeakyReLU, ELU), or None."""
+    if "param_t" not in layer.attributes or layer.get_attr("activ_param") is None:
+        return None
+    try:
+        return float(layer.get_attr("activ_param"))
+    except (TypeError, ValueError):
+        return None
+
+
+def _exact_activation_parameter(layer) -> None:
+    """Give a parametrized activation's alpha a type that holds the model's float32 alpha exactly
+    (hls4ml infers one from the value written as a decimal: 0.3 would be off in the last bits),
+    and write that float32 value, so ``alpha * x`` is rounded once, into the output type, as the
+    reference computes it."""
+    alpha = _activation_parameter(layer)
+    if alpha is None:
+        return
+    exact = float(np.float32(alpha))
+    ftype = exact_type(np.asarray([exact]), 40)
+    if ftype is None:
+        return
+    if exact >= 0 and ftype.width > 1:  # the same grid and range, without the sign bit
+        ftype = FixedType(ftype.width - 1, ftype.integer - 1, False)
+    layer.set_attr("activ_param", exact)
+    layer.set_attr("param_t", _named_type(f"{layer.name}_param_t", ftype))
 
 
 def _configure_softmax(layer, width: int) -> None:
@@ -412,7 +454,7 @@ def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
                 acc = _xnor_popcount_types(layer)
             if "accum_t" in layer.types:
                 layer.types["accum_t"].precision = _ap(acc)
-            feeds_quantizer = _feeds_quantizer(out, consumers)
+            feeds_quantizer = _feeds_quantizer(out, consumers, lambda reader: quantized(reader.outputs[0]))
             chosen = acc if feeds_quantizer else calibrated(out)
             if quantized(out):
                 # hls4ml folded the model's quantizer into this layer: its type is the quantizer's (hls4ml's
@@ -452,11 +494,30 @@ def apply_types(hm, model: ModelWrapper, plan: LoweringPlan) -> None:
         elif cls == "Softmax":
             _configure_softmax(layer, plan.width)
         elif _configure_table_activation(layer):
-            chosen = calibrated(out)
+            # hls4ml folds the model's quantizer after a parametrized table activation (ELU) into
+            # its output: keep the quantizer's type, and tabulate the quantized values themselves
+            # when the table value is the output (alpha 1), so an input on the table's grid gives
+            # the exact level
+            merged = fused_quantizer_type(out) if quantized(out) else None
+            _exact_activation_parameter(layer)
+            if merged is not None and _activation_parameter(layer) in (None, 1.0):
+                layer.set_attr("table_t", _named_type(f"{layer.name}_table_t", merged))
+            chosen = merged or calibrated(out)
+            if chosen is not None:
+                _set_result(layer, chosen)
+        elif cls == "PReLU" and "param" in layer.weights:
+            # the slopes exactly as the model's float32 values, so alpha * x is rounded once
+            slopes = np.asarray(layer.weights["param"].data, dtype=np.float32).astype(np.float64)
+            slope_t = exact_type(slopes, 40)
+            if slope_t is not None:
+                _set_weight_type(layer, "param", slope_t)
+            chosen = fused_quantizer_type(out) if quantized(out) else calibrated(out)
             if chosen is not None:
                 _set_result(layer, chosen)
         else:
-            chosen = calibrated(out)
+            _exact_activation_parameter(layer)
+            # a quantizer hls4ml folded into this layer (LeakyReLU...) fixes its type
+            chosen = fused_quantizer_type(out) if quantized(out) else calibrated(out)
             if chosen is None and in_t is not None:
                 chosen = in_t  # a layer hls4ml inserted (e.g. ZeroPadding2D): it only moves values
             if chosen is not None:
@@ -540,7 +601,7 @@ def bind_products_to_dsp(hm, plan: LoweringPlan) -> list[str]:
             continue
         node = _onnx_node_for(layer, plan)
         choice = plan.layers.get(node) if node is not None else None
-        if choice is None or not choice.products_on_dsp or not choice.variable_products:
+        if choice is None or not choice.products_on_dsp or not choice.can_bind_products:
             continue
         config = layer.get_attr("config_cpp") or ""
         if plain not in config:

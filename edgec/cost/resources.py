@@ -139,6 +139,19 @@ class ProductCensus:
     lut_products: int
     lut: int  # LUTs of the products built in the fabric
     free: int  # zeros and powers of two
+    lut_product_slices: int = 0  # DSP slices the fabric-built products would take if bound to DSPs
+
+    def bound_to_dsp(self) -> ProductCensus:
+        """The same products with those HLS would build in the fabric bound to DSP slices
+        (``LayerChoice.products_on_dsp``: UG902 RESOURCE core=DSP48 / UG1399 BIND_OP impl=dsp on
+        the product). Zeros and powers of two stay free: HLS folds them before binding."""
+        return ProductCensus(
+            dsp=self.dsp + self.lut_product_slices,
+            dsp_products=self.dsp_products + self.lut_products,
+            lut_products=0,
+            lut=0,
+            free=self.free,
+        )
 
 
 def constant_products(codes: np.ndarray, input_bits: int, weight_bits: int, dsp_kind: str) -> ProductCensus:
@@ -154,24 +167,28 @@ def constant_products(codes: np.ndarray, input_bits: int, weight_bits: int, dsp_
     # one adder per extra signed digit, as wide as the shifted input; a negation for -2^k
     adder_bits = (np.maximum(digits - 1, 1) * (input_bits + const_bits))[in_lut].sum()
     lut = adder_bits * LUT_PER_ADDER_BIT + negated_shift.sum() * input_bits * LUT_PER_ADDER_BIT
-    slices = np.array([dsp_slices_for_product(input_bits, int(b), dsp_kind) for b in const_bits[on_dsp]], dtype=np.int64)
+    slices_by_bits = {int(b): dsp_slices_for_product(input_bits, int(b), dsp_kind) for b in np.unique(const_bits)}
+    slices = np.array([slices_by_bits[int(b)] for b in const_bits[on_dsp]], dtype=np.int64)
+    fabric = in_lut | negated_shift
     return ProductCensus(
         dsp=int(slices.sum()),
         dsp_products=int(on_dsp.sum()),
-        lut_products=int(in_lut.sum() + negated_shift.sum()),
+        lut_products=int(fabric.sum()),
         lut=int(round(float(lut))),
         free=int(free.sum()),
+        lut_product_slices=int(sum(slices_by_bits[int(b)] for b in const_bits[fabric])),
     )
 
 
 def layer_census(layer: LayerConfig, device: Device) -> ProductCensus:
     """``constant_products`` of a layer's weights, computed once per layer and DSP kind (the
-    configurator re-costs the same layers at many reuse factors)."""
+    configurator re-costs the same layers at many reuse factors), with the fabric-built products
+    on DSP slices when the layer's products are bound to them."""
     key = (layer.input_bits, layer.weight_bits, device.dsp_kind)
     cache = layer.__dict__.setdefault("_census_cache", {})
     if key not in cache:
         cache[key] = constant_products(layer.weight_codes, layer.input_bits, layer.weight_bits, device.dsp_kind)
-    return cache[key]
+    return cache[key].bound_to_dsp() if layer.products_on_dsp else cache[key]
 
 
 def _linear(layer: LayerConfig, device: Device, depth: int) -> LayerResources:

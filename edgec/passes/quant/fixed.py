@@ -70,9 +70,19 @@ CONTINUATION_OPS = ("Add", "Sub", "Mul", "Div", "BatchNormalization")
 ACTIVATION_OPS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "Elu", "Selu", "Softplus", "PRelu")
 UNQUANTIZED_OUTPUT_OPS = ("Softmax", "LogSoftmax")  # probabilities: hls4ml computes them with tables
 FLOAT32_EXACT_LEVELS = 2**24  # float32 holds every integer multiple of a power of two up to 2^24 LSBs
+FLOAT32_SIGNIFICAND_BITS = 24  # IEEE 754 binary32: 23 stored bits and the implicit one
+MIN_SLOPE_BITS = 3  # a LeakyRelu/PRelu slope rounded to fewer significant bits would change the model too much
 ROUNDING = "ROUND"
 MIN_IR_VERSION = 7
 ROUNDING_NOTE = "ROUND: half to even (ap_fixed AP_RND_CONV)"
+
+
+def _dyadic(values: np.ndarray, sig_bits: int) -> np.ndarray:
+    """Each value rounded (half to even) to ``sig_bits`` significant bits: m * 2^e with |m| < 2^sig_bits."""
+    values = np.asarray(values, dtype=np.float64)
+    magnitude = np.where(values == 0, 1.0, np.abs(values))
+    step = np.exp2(np.floor(np.log2(magnitude)) - sig_bits + 1)
+    return np.where(values == 0, 0.0, np.round(values / step) * step)
 
 
 def _exponent(bound: float, levels: int) -> int:
@@ -222,7 +232,7 @@ class FixedPointQuantization(QuantizationPass):
         self._point_bits = self._widths_of_points(model, layers, points)
         weight_exp = {ref.name: self._quantize_weights(model, ref, ranges[ref.tensor]) for ref in layers}
         act_types = self._quantize_activations(model, points, ranges)
-        act_types.update(self._quantize_table_inputs(model))
+        act_types.update(self._quantize_table_inputs(model, ranges))
         for ref in layers:
             self._quantize_bias_and_record(model, ref, weight_exp[ref.name], act_types, ranges)
         if not any(op.domain == QONNX_DOMAIN for op in model.model.opset_import):
@@ -387,14 +397,19 @@ class FixedPointQuantization(QuantizationPass):
             self.record.quantizers[tensor] = quant_type(bits, e, signed).hls4ml()
         return chosen
 
-    def _quantize_table_inputs(self, model: ModelWrapper) -> dict[str, tuple[int, bool]]:
-        """A quantizer on the grid of the activation's table in front of each Tanh/Sigmoid (hls4ml
-        computes them by table look-up): the look-up is then exact, where a wider input would be
-        truncated to a table entry and miss the quantized reference. Returns tensor -> (exponent, signed)."""
+    def _quantize_table_inputs(self, model: ModelWrapper, ranges: dict[str, TensorRange]) -> dict[str, tuple[int, bool]]:
+        """A quantizer on the grid of the activation's table in front of each Tanh/Sigmoid/ELU
+        (hls4ml computes them by table look-up): the look-up is then exact, where a wider input
+        would be truncated to a table entry and miss the quantized reference. Returns tensor ->
+        (exponent, signed)."""
         chosen: dict[str, tuple[int, bool]] = {}
         for node in list(model.graph.node):
-            grid = table_input_type(node.op_type)
-            if grid is None or not node.input:
+            if not node.input:
+                continue
+            observed = ranges.get(node.input[0])
+            peak = max(abs(observed.min), abs(observed.max)) if observed is not None else 0.0
+            grid = table_input_type(node.op_type, peak)
+            if grid is None:
                 continue
             producer = model.find_producer(node.input[0])
             if producer is not None and producer.op_type in QUANTIZER_OPS:
@@ -515,7 +530,53 @@ class FixedPointQuantization(QuantizationPass):
                         f"{ref.name}: accumulator reaches {levels:.3g} LSBs (>= 2^24): the float32 reference rounds its sums, "
                         "so it is not bit-exact against fixed point there"
                     )
+                self._exact_slopes(model, node, levels)
         self.record.layers[ref.name] = entry
+
+    def _exact_slopes(self, model: ModelWrapper, node, levels: float) -> None:
+        """Round the slope of a LeakyRelu/PRelu on ``node``'s way to its quantizer to a dyadic
+        number short enough that ``slope * x`` is exact in float32 for every accumulator value x
+        (``levels`` LSBs, with one bit of margin): the reference then rounds the product once, at
+        the quantizer, as the fixed-point design does. A float slope such as 0.3 would make
+        onnxruntime round the product to 24 bits first and land on the quantizer's ties."""
+        x_bits = math.ceil(math.log2(2.0 * levels + 1.0)) if levels > 0 else 1
+        sig_bits = min(self.bits, FLOAT32_SIGNIFICAND_BITS - x_bits)
+        tensor = node.output[0]
+        for _ in range(16):
+            consumers = model.find_consumers(tensor) or []
+            if len(consumers) != 1 or consumers[0].op_type not in CONTINUATION_OPS + ACTIVATION_OPS + LAYOUT_OPS:
+                return
+            nxt = consumers[0]
+            tensor = nxt.output[0]
+            if nxt.op_type not in ("LeakyRelu", "PRelu"):
+                continue
+            name = nxt.name or nxt.op_type
+            if sig_bits < MIN_SLOPE_BITS:
+                self.record.notes.append(
+                    f"{name}: slope kept (the accumulator needs {x_bits} of float32's 24 bits): its product is rounded twice by the reference"
+                )
+                return
+            if nxt.op_type == "LeakyRelu":
+                alpha = float(attr(nxt, "alpha", 0.01))
+                rounded = float(_dyadic(np.asarray([alpha]), sig_bits)[0])
+                if rounded != alpha:
+                    for a in nxt.attribute:
+                        if a.name == "alpha":
+                            a.f = rounded
+                            break
+                    else:
+                        nxt.attribute.append(helper.make_attribute("alpha", rounded))
+                    self.record.notes.append(f"{name}: slope {alpha:.6g} -> {rounded:.6g} ({sig_bits} significant bits, exact in float32)")
+            elif len(nxt.input) > 1 and model.get_initializer(nxt.input[1]) is not None:
+                slopes = model.get_initializer(nxt.input[1])
+                rounded = _dyadic(slopes, sig_bits).astype(slopes.dtype)
+                if not np.array_equal(rounded, slopes):
+                    model.set_initializer(nxt.input[1], rounded)
+                    change = float(np.max(np.abs(rounded - slopes)))
+                    self.record.notes.append(
+                        f"{name}: slopes rounded to {sig_bits} significant bits (exact in float32; largest change {change:.3g})"
+                    )
+            return
 
     def _input_tensor(self, model: ModelWrapper, tensor: str) -> str | None:
         """The record key of the activation quantizer a layer input comes from (through grid-preserving ops)."""
