@@ -112,10 +112,7 @@ def _feeds_quantizer(var: str, consumers: dict[str, list], quantized_output=None
         if len(readers) != 1 or readers[0].class_name not in PASS_THROUGH_CLASSES:
             break
         readers = consumers.get(readers[0].outputs[0], [])
-    return any(
-        _is_quantizer(c) or (_exact_slope_activation(c) and quantized_output is not None and quantized_output(c))
-        for c in readers
-    )
+    return any(_is_quantizer(c) or (_exact_slope_activation(c) and quantized_output is not None and quantized_output(c)) for c in readers)
 
 
 def _resolve_tensor(model: ModelWrapper, tensor: str, hls_vars: set[str]) -> str:
