@@ -542,10 +542,11 @@ def build(
         lap("verify", f"{verification['n_samples']} samples against {reference_name}")
         enter("measure", placed)
         measured = _measure_on_host(planned, libraries)
-        lap(
-            "measure",
-            f"{len(measured.host_latency_ms)} CPU segment(s), {len(measured.cpu_break_even)} CPU break-even ratio(s) on this host",
-        )
+        if measured.host_latency_ms or measured.cpu_break_even:  # only builds with CPU segments measure anything
+            lap(
+                "measure",
+                f"{len(measured.host_latency_ms)} CPU segment(s), {len(measured.cpu_break_even)} break-even ratio(s) on this host",
+            )
         enter("cost", placed)
         pruned = any("ops_before" in r for r in prune_records)
         costs = cost_partitioned_design(planned, projects, libraries, base_target, device, options, pruned=pruned, measured=measured)
