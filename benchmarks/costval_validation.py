@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edgec.cost.validation import FIGURES, load_cases, summarize, validate_case  # noqa: E402
+from edgec.pipeline.costval import FIGURES, load_cases, summarize, validate_case  # noqa: E402
 
 SETS = {
     "costval (Vivado HLS 2020.1, calibration set)": REPO / "tests" / "data" / "costval" / "cases.json",

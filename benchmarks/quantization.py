@@ -11,7 +11,7 @@ Prints JSON (or a table with --table) and saves it to benchmarks/results/quantiz
 Rows: the float model estimated as hls4ml's usual ``fixed<16,6>`` everywhere
 (``DesignOptions(precision="fixed<16,6>")``; its accuracy is the float model's), uniform PTQ
 ``fixed:bits=8/6/4`` (per-layer power-of-two scales), and ``mixed`` at max_drop 0.5 and 1.0 for
-each objective (luts and energy unless --objectives says otherwise). Costs are edgec.estimate figures
+each objective (luts and energy unless --objectives says otherwise). Costs are edgec.pipeline.estimate figures
 (not synthesis), calibrated on the pass data as a build would be, on pynq-z2, or zcu104 for a model
 whose float or uniform designs do not all fit pynq-z2 (the searches then cost on zcu104 too; the
 JSON says which).
@@ -45,10 +45,11 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from pruning import digits_split, mnist_images  # noqa: E402
 
-from edgec.estimate import DesignOptions, estimate  # noqa: E402
 from edgec.frontend.load import load_model  # noqa: E402
 from edgec.passes.prune.common import model_outputs  # noqa: E402
 from edgec.passes.quant.registry import run_quantization  # noqa: E402
+from edgec.pipeline.design import DesignOptions  # noqa: E402
+from edgec.pipeline.estimate import estimate  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "quantization-2026-11-21.json"
 UNIFORM = (8, 6, 4)
@@ -281,7 +282,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - started, 1),
         "criterion": CRITERION,
         "notes": [
-            "costs are edgec.estimate figures (cost model, not synthesis), calibrated on the pass data like a build",
+            "costs are edgec.pipeline.estimate figures (cost model, not synthesis), calibrated on the pass data like a build",
             "mixed: granularity=layer, the default candidate widths, seed=0; widths are per layer (weights and the "
             "activations it reads) and for the output quantizer (the last entry)",
             "accuracy_pass: on the data the passes saw (first 1,000 samples; what max_drop is measured on); accuracy_test: held out",

@@ -17,7 +17,7 @@ from edgec.errors import EdgecError
 
 
 def _design_options(args: argparse.Namespace):
-    from edgec.estimate import DesignOptions
+    from edgec.pipeline.design import DesignOptions
 
     return DesignOptions(
         part=args.part,
@@ -44,7 +44,7 @@ def _placement_overrides(items: list[str] | None) -> dict[str, str]:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from edgec.build import build
+    from edgec.pipeline.build import build
     from edgec.report import render_summary
 
     result = build(
@@ -71,7 +71,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
-    from edgec.estimate import estimate
+    from edgec.pipeline.estimate import estimate
     from edgec.report import render_summary
 
     report = estimate(
@@ -106,9 +106,9 @@ def _add_design_options(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from edgec.build import META_FILE, simulate_folder
     from edgec.data import load_data
     from edgec.errors import BuildFolderError
+    from edgec.pipeline.build import META_FILE, simulate_folder
 
     folder = Path(args.build_dir)
     meta_path = folder / META_FILE

@@ -283,16 +283,6 @@ def fit_to_target(model: ModelWrapper, plan: LoweringPlan, target: Target, backe
             )
 
 
-# hls4ml 1.3.0 cannot generate compressed Dense layers for the Vivado/Vitis backends: its config
-# template has no `dense_function` for strategy "compressed" (KeyError during conversion; checked
-# with a 256x64 layer at 85% zeros, see docs/hls4ml-notes.md). Whether compression would pay off
-# is decided per layer by edgec.cost.break_even.choose_implementation (reported in each layer's
-# `implementation` and `break_even_ratio`). When a release fixes it, flip this, give LayerChoice a
-# compressed flag where choose_implementation returns fpga-resource-compressed, set hls4ml's
-# `Compression: True` for it in hls4ml_backend.lower and pass it to the cost layers (plan_cost_layers).
-HLS4ML_COMPRESSION_WORKS = False
-
-
 def nearest_valid_reuse_factor(choice: LayerChoice, wanted: int) -> int:
     """The smallest reuse factor hls4ml accepts for the layer that is at least ``wanted``."""
     valid = _valid_reuse_factors(choice.n_in, choice.n_out)

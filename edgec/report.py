@@ -110,7 +110,9 @@ def render_summary(report: dict) -> str:
             "segments: "
             + " -> ".join(f"{seg['name']} ({len(seg['nodes'])} node{'s' if len(seg['nodes']) != 1 else ''})" for seg in segments)
         )
-    flagged = [row for row in (report.get("partition") or {}).get("break_even", []) if row.get("below_break_even")]
+    # zeros a pruning pass left below break-even; quantization rounding a few weights to zero is not pruning
+    pruned = any("ops_before" in record for record in report.get("passes") or [])
+    flagged = [row for row in (report.get("partition") or {}).get("break_even", []) if pruned and row.get("below_break_even")]
     for row in flagged:
         lines.append(f"break-even: {row['layer']}: {row['reason']}")
     ver = report.get("verification")

@@ -169,7 +169,7 @@ def main() -> None:
     if args.skip_build:
         return
     import edgec
-    from edgec.estimate import estimate
+    from edgec.pipeline.estimate import estimate
 
     est = estimate(str(model_path), target="pynq-z2", data=saved["x"])
     print("estimate totals:", est["totals"])

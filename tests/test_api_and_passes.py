@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import onnx
+import pytest
 
 import edgec
 from edgec.frontend.canonicalize import canonicalize
@@ -13,6 +14,7 @@ from edgec.targets import load_target, target_names
 REPORT_KEYS = {"schema_version", "edgec_version", "model", "target", "layers", "verification", "passes", "timings"}
 
 
+@pytest.mark.heavy
 def test_api_accepts_modelproto_and_predicts(tmp_path, data_dir):
     proto = onnx.load(data_dir / "three_layer_pytorch.onnx")
     result = edgec.build(proto, target="pynq-z2", output_dir=tmp_path / "api")
@@ -39,6 +41,7 @@ def test_api_accepts_modelproto_and_predicts(tmp_path, data_dir):
     assert (y.argmax(1) == ref.argmax(1)).all()
 
 
+@pytest.mark.heavy
 def test_precisions_come_from_calibrated_ranges(tmp_path, data_dir):
     result = edgec.build(data_dir / "three_layer_keras.onnx", output_dir=tmp_path / "k")
     results = {layer["precision"]["result"] for layer in result.report["layers"] if layer["op"] == "Dense"}
@@ -54,6 +57,7 @@ def test_targets_have_datasheet_figures():
     assert all(load_target(n).sources for n in target_names())
 
 
+@pytest.mark.heavy
 def test_exact_requantization_is_exact_on_tfc(data_dir):
     import qonnx.core.onnx_exec as oxe
 
@@ -83,6 +87,7 @@ def test_random_inputs_follow_the_declared_input_domain(data_dir):
     assert "standard-normal" in description and xr.std() > 0.5
 
 
+@pytest.mark.heavy
 def test_api_takes_arrays_and_targets_the_board(tmp_path, data_dir):
     data = np.load(data_dir / "mnist_test_300.npz")
     result = edgec.build(data_dir / "TFC_2W2A.onnx", target="zcu104", output_dir=tmp_path / "z", data=(data["x"][:60], data["y"][:60]))

@@ -322,6 +322,7 @@ def test_driver_end_to_end_through_the_c_simulation(which, mlp_build, conv_build
     assert driver.main() == 0
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("which", ["mlp", "conv"])
 def test_generated_wrapper_compiled_with_gpp_is_the_ip(which, mlp_build, conv_build, monkeypatch, tmp_path):
     result = mlp_build if which == "mlp" else conv_build
@@ -494,6 +495,7 @@ _PROBE_TYPES = [  # (width, integer, signed, rounding, saturation), as in the so
 ]
 
 
+@pytest.mark.heavy
 def test_driver_rounds_and_saturates_like_ap_fixed(mlp_build, tmp_path, monkeypatch):
     import ctypes
 

@@ -61,6 +61,7 @@ def test_truncated_onnx(tmp_path, data_dir):
     assert_clean_failure(run("build", cut, "-o", tmp_path / "out"), 12, "truncated")
 
 
+@pytest.mark.heavy
 def test_unsupported_ops_are_all_listed(tmp_path):
     graph = helper.make_graph(
         [
@@ -91,6 +92,7 @@ def test_non_batch_dynamic_dimension(tmp_path):
     assert_clean_failure(run("build", path, "-o", tmp_path / "out"), 14, "dynamic dimension 'features'", "x")
 
 
+@pytest.mark.heavy
 def test_model_too_large_for_target(tmp_path):
     path = tmp_path / "huge.onnx"
     onnx.save(dense_model(n_in=2048, n_out=2048), path)
@@ -100,6 +102,7 @@ def test_model_too_large_for_target(tmp_path):
     assert not list(tmp_path.glob(".out.edgec-*"))
 
 
+@pytest.mark.heavy
 def test_existing_output_needs_force(tmp_path, data_dir):
     out = tmp_path / "out"
     out.mkdir()
@@ -112,6 +115,7 @@ def test_existing_output_needs_force(tmp_path, data_dir):
     assert not (out / "keep.txt").exists() and (out / "report.json").is_file()
 
 
+@pytest.mark.heavy
 def test_verification_failure_exits_3_and_names_layer(tmp_path, data_dir):
     # 4-bit types cannot carry this MLP: the build must fail verification, name a layer, leave nothing.
     proc = run("build", data_dir / "three_layer_keras.onnx", "--width", "4", "-o", tmp_path / "out")
@@ -119,6 +123,7 @@ def test_verification_failure_exits_3_and_names_layer(tmp_path, data_dir):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.heavy
 def test_hostile_names_are_sanitized(tmp_path):
     names = {
         "x": "in'put; rm -rf /",
@@ -146,6 +151,7 @@ def test_hostile_names_are_sanitized(tmp_path):
             assert raw not in text, (file, raw)
 
 
+@pytest.mark.heavy
 def test_targets_and_inspect(data_dir):
     proc = run("targets")
     assert proc.returncode == 0
@@ -162,6 +168,7 @@ def test_targets_and_inspect(data_dir):
     assert "weights int2" in info.stdout and "every op can be lowered" in info.stdout
 
 
+@pytest.mark.heavy
 def test_simulate_reports_agreement_and_accuracy(tmp_path, data_dir):
     out = tmp_path / "b"
     assert run("build", data_dir / "TFC_2W2A.onnx", "-o", out, "--data", data_dir / "mnist_test_300.npz").returncode == 0
@@ -172,6 +179,7 @@ def test_simulate_reports_agreement_and_accuracy(tmp_path, data_dir):
     assert_clean_failure(bad, 21, "not an edgec build folder")
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("payload", ["wrong_shape", "not_numpy"])
 def test_bad_data_file(tmp_path, data_dir, payload):
     data = tmp_path / "d.npz"

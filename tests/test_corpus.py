@@ -52,6 +52,7 @@ def test_manifest_lists_every_model_file():
     } <= families
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", sorted(BY_NAME))
 def test_every_corpus_model_loads(name):
     """Valid models that onnxruntime or qonnx run are never called corrupt or invalid."""
@@ -66,6 +67,6 @@ def test_one_model_per_exporter_family_builds_and_verifies(name, tmp_path):
     entry = BY_NAME[name]
     result = edgec.build(CORPUS / entry["file"], target="pynq-z2", output_dir=tmp_path / "build", data=_data(entry), cross=False)
     ver = result.report["verification"]
-    assert ver["decisive_agreement"] >= 0.99, ver
+    assert ver["decisive_agreement"] == 1.0, ver  # the build refuses below 0.99; every corpus model reaches 1.0
     if ver.get("accuracy_reference") is not None:
         assert ver["accuracy_simulated"] >= ver["accuracy_reference"] - 0.02

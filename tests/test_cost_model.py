@@ -11,8 +11,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import edgec
-from edgec.cost.validation import FIGURES, load_cases, summarize, validate_case
-from edgec.estimate import DesignOptions, estimate
+from edgec.pipeline.costval import FIGURES, load_cases, summarize, validate_case
+from edgec.pipeline.design import DesignOptions
+from edgec.pipeline.estimate import estimate
 from edgec.targets import load_target, target_names
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,6 +23,7 @@ LAYER_COST_KEYS = {"cycles", "ii", "latency_ns", "resources", "energy_nj"}
 TOTAL_KEYS = {"cycles", "latency_us", "ii", "throughput_fps", "resources", "utilization", "energy_uj", "edp"}
 
 
+@pytest.mark.heavy
 def test_estimates_match_the_costval_synthesis_reports(data_dir):
     """Each of the 24 real HLS reports: latency within max(2 cycles, 15%), LUT/FF/DSP within 25%
     on at least 80% of designs (issue 3's aim); every design is estimated."""
@@ -42,6 +44,7 @@ def test_estimates_match_the_costval_synthesis_reports(data_dir):
     assert set(FIGURES) <= set(rows[0]["estimate"])
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("target", [name for name in target_names() if load_target(name).has_fpga])
 def test_every_layer_of_the_example_and_peers_is_estimated_on_every_target(target, data_dir):
     for model in [EXAMPLE] + [data_dir / f"{name}.onnx" for name in PEERS]:
@@ -58,6 +61,7 @@ def test_every_layer_of_the_example_and_peers_is_estimated_on_every_target(targe
         assert totals["edp"] == pytest.approx(totals["energy_uj"] * totals["latency_us"], rel=1e-6)
 
 
+@pytest.mark.heavy
 def test_estimate_cli_json_is_only_json_and_carries_the_totals():
     proc = subprocess.run(
         [sys.executable, "-m", "edgec", "estimate", str(EXAMPLE), "--target", "pynq-z2", "--json"],
@@ -87,6 +91,7 @@ def test_overrides_reproduce_a_published_configuration(data_dir):
     assert dense["resources"]["dsp"] < full["resources"]["dsp"]
 
 
+@pytest.mark.heavy
 def test_bad_overrides_are_refused_with_an_exit_code():
     for args, code in (
         (["--part", "xc9z999"], 22),
@@ -142,6 +147,7 @@ def test_a_design_over_the_board_is_flagged():
     assert fitted["layers"][0]["reuse_factor"] > 1
 
 
+@pytest.mark.heavy
 def test_build_reports_the_same_cost_as_estimate(data_dir, tmp_path):
     model = data_dir / "three_layer_keras.onnx"
     built = edgec.build(
@@ -160,6 +166,7 @@ def test_build_reports_the_same_cost_as_estimate(data_dir, tmp_path):
     assert report["totals"]["bottleneck"] in {layer["name"] for layer in report["layers"]}
 
 
+@pytest.mark.heavy
 def test_build_with_overrides_reproduces_the_published_design(data_dir, tmp_path):
     """hls4ml's z7020 report design: Dense(16->5)+ReLU, io_stream, fixed<16,6> everywhere, 5 ns, Vivado."""
     model = data_dir / "costval" / "models" / "Vivado-2020.1-report_dense16to5_relu_stream_z7020.onnx"

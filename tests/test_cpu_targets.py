@@ -15,11 +15,8 @@ from qonnx.util.inference_cost import inference_cost
 
 from edgec.cost.cpu import (
     CALL_CYCLES,
-    DENSE_EFFICIENCY,
     DISPATCH_CYCLES,
-    MEMORY_EFFICIENCY,
     SHORT_REDUCTION_EFFICIENCY,
-    SPARSE_CYCLES_PER_NNZ,
     cpu_dense_cost,
     cpu_node_costs,
     cpu_partition_cost,
@@ -93,20 +90,35 @@ def test_dense_cost_roofline():
     cpu = load_target("pynq-z2").cpu  # 2 MAC/cycle, 650 MHz, 2.1 GB/s, 512 KB L2, 0.2 W
     small = cpu_dense_cost(macs=64 * 64, weight_bytes=4 * 64 * 64, activation_bytes=4 * 128, cpu=cpu)
     assert small.bound == "compute" and small.memory_cycles == 0
-    assert small.cycles == pytest.approx(64 * 64 / (2 * DENSE_EFFICIENCY) + DISPATCH_CYCLES)
-    assert small.latency_us == pytest.approx(small.cycles / 650) and small.energy_uj == pytest.approx(0.2 * small.latency_us)
+    # 4096 MACs at 2 MAC/cycle peak: at least 2048 cycles; untuned TVM code is well below the peak
+    assert small.cycles > 10 * 2048 and small.latency_us == pytest.approx(small.cycles / 650)
+    assert small.energy_uj == pytest.approx(0.2 * small.latency_us)  # the A9's 0.2 W while it runs
     weights = 4 * 1024 * 1024  # 4 MB of weights: beyond the 512 KB L2
     big = cpu_dense_cost(macs=1024 * 1024, weight_bytes=weights, activation_bytes=8192, cpu=cpu)
-    assert big.bound == "memory"
-    assert big.memory_cycles == pytest.approx((weights + 8192) / (2.1e9 * MEMORY_EFFICIENCY) * 650e6)
-    assert big.cycles > big.compute_cycles
+    assert big.bound == "memory" and big.cycles > big.compute_cycles
+    # no faster than the DDR: 4 MB at 2.1 GB/s is 2.0 ms, 1.3 M cycles at 650 MHz
+    assert big.memory_cycles > (weights + 8192) / 2.1e9 * 650e6
     short = cpu_dense_cost(macs=200_000, weight_bytes=1152, activation_bytes=90_000, cpu=cpu, reduction=9)
     long = cpu_dense_cost(macs=200_000, weight_bytes=1152, activation_bytes=90_000, cpu=cpu, reduction=144)
-    assert short.compute_cycles == pytest.approx(long.compute_cycles * DENSE_EFFICIENCY / SHORT_REDUCTION_EFFICIENCY)
+    assert short.compute_cycles < long.compute_cycles / 4  # short reductions vectorize (measured 0.42-0.61 vs 0.06-0.13 of peak)
     int8 = cpu_dense_cost(macs=64 * 64, weight_bytes=64 * 64, activation_bytes=128, cpu=cpu, dtype="int8")
-    assert int8.compute_cycles == pytest.approx(small.compute_cycles * 2 / 8)
+    assert int8.compute_cycles == pytest.approx(small.compute_cycles / 4)  # four int8 lanes per fp32 lane
     with pytest.raises(OptionError, match="dtype 'fp16'"):
         cpu_dense_cost(1, 1, 1, cpu, dtype="fp16")
+
+
+# Measured on this host class with TVM 0.27 (x86-64 target; docs/cpu-backend.md, "Check on this host"):
+# (rows, columns, measured us) of a float32 MatMul at batch 1, two in L2 and two streaming from DRAM.
+HOST_MATMUL_MEASURED_US = ((256, 256, 51.0), (784, 256, 168.0), (1024, 1024, 3350.0), (4096, 4096, 173_000.0))
+
+
+def test_cpu_estimates_meet_the_host_measurements():
+    """The CPU model against measured latencies: within the 0.29-2.4x band the documented check
+    found (the model is calibrated on medians over 12+ kernels, not on these four)."""
+    cpu = load_target("x86-64").cpu
+    for rows, columns, measured in HOST_MATMUL_MEASURED_US:
+        cost = cpu_dense_cost(macs=rows * columns, weight_bytes=4 * rows * columns, activation_bytes=4 * (rows + columns), cpu=cpu)
+        assert 1 / 3 < cost.latency_us / measured < 3, (rows, columns, cost.latency_us, measured)
 
 
 def test_boards_rank_as_their_data_says():
@@ -126,8 +138,8 @@ def test_sparse_cost():
     cpu = load_target("zcu104").cpu
     nnz, rows = 20_000, 256
     cost = cpu_sparse_cost(nonzeros=nnz, rows=rows, activation_bytes=4 * (784 + 256), cpu=cpu)
-    assert cost.compute_cycles == pytest.approx(nnz * SPARSE_CYCLES_PER_NNZ + rows * 4.0)
-    assert cost.cycles == pytest.approx(cost.compute_cycles + DISPATCH_CYCLES)
+    # scipy's CSR matvec measured 1.8-2.9 cycles per non-zero on this host class (docs/cpu-backend.md)
+    assert 1.8 * nnz <= cost.compute_cycles <= 2.9 * nnz + 8 * rows and cost.cycles > cost.compute_cycles
     assert cost.bound == "compute"  # 160 KB of CSR arrays stay in the 1 MB L2
     assert cpu_sparse_cost(nnz // 10, rows, 4160, cpu).compute_cycles < cost.compute_cycles / 5
     # Untuned dense code costs 1/(4 x 0.061) = 4.1 cycles per MAC on the A53 against 2 per non-zero for
@@ -139,8 +151,8 @@ def test_sparse_cost():
     assert cpu_sparse_cost(int(0.9 * 784 * 256), rows, 4160, slow).cycles > dense.cycles
     assert cpu_sparse_cost(int(0.1 * 784 * 256), rows, 4160, slow).cycles < dense.cycles
     spilled = cpu_sparse_cost(4_000_000, 4096, 0, cpu, index_bytes=4, value_bytes=4)
-    traffic = 4_000_000 * 8 + 4097 * 4
-    assert spilled.memory_cycles == pytest.approx(traffic / 19.2e9 * 1200e6)
+    traffic = 4_000_000 * 8 + 4097 * 4  # 32 MB of CSR arrays: beyond the 1 MB L2
+    assert spilled.memory_cycles >= traffic / 19.2e9 * 1200e6  # ZCU104 DDR: 19.2 GB/s
 
 
 def _conv_gemm_model() -> ModelWrapper:

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 import edgec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +29,7 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.heavy
 def test_two_builds_give_the_same_files(tmp_path):
     first = edgec.build(MODEL, target="pynq-z2", output_dir=tmp_path / "a", data=DATA, cross=False)
     second = edgec.build(MODEL, target="pynq-z2", output_dir=tmp_path / "b", data=DATA, cross=False)
@@ -37,6 +40,7 @@ def test_two_builds_give_the_same_files(tmp_path):
     assert _without_timings(first.report) == _without_timings(second.report)
 
 
+@pytest.mark.heavy
 def test_project_config_is_relocatable_and_rerunnable(tmp_path):
     import hls4ml
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import edgec
-from edgec.estimate import DesignOptions, estimate
+from edgec.pipeline.design import DesignOptions
+from edgec.pipeline.estimate import estimate
 
 CORPUS = Path(__file__).parent / "corpus"
 MANIFEST = {e["name"]: e for e in json.loads((CORPUS / "manifest.json").read_text())}
@@ -43,6 +44,7 @@ CASES = {
 }
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("case", list(CASES))
 def test_estimate_totals_are_the_build_totals(case, tmp_path):
     kwargs = dict(CASES[case])

@@ -138,11 +138,12 @@ def build_dir(tmp_path_factory) -> Path:
 def test_build_writes_report_html(build_dir):
     assert (build_dir / "report.json").is_file()
     assert (build_dir / "report.html").is_file(), (
-        "edgec.build did not write report.html next to report.json: edgec/build.py must call "
+        "edgec.build did not write report.html next to report.json: edgec/pipeline/build.py must call "
         "edgec.report_html.write_html(report, staging / 'report.html') after write_report(...)"
     )
 
 
+@pytest.mark.heavy
 def test_report_html_renders_in_chromium(build_dir, tmp_path, capsys):
     assert main(["report", str(build_dir), "--html"]) == 0
     html_path = build_dir / "report.html"

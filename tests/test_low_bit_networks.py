@@ -6,6 +6,7 @@ both signs, so nothing depends on a training run.
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import edgec
@@ -136,6 +137,7 @@ def test_brevitas_float_scale_export_is_exact_where_quantized(tmp_path, data_dir
     assert exact and "Relu" in exact[0]["replaced"] and "BatchNormalization" not in str(result.report["layers"])
 
 
+@pytest.mark.heavy
 def test_brevitas_cnn_with_maxpool_between_quantized_layers(tmp_path, data_dir):
     from sklearn.datasets import load_digits
 

@@ -118,6 +118,7 @@ def cnn_with_resize() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 
 
+@pytest.mark.heavy
 def test_layouts_convert_at_the_seams_of_a_cnn(tmp_path):
     result = edgec.build(cnn_with_resize(), target="pynq-z2", output_dir=tmp_path / "cnn", random_samples=100)
     report = result.report
@@ -147,7 +148,7 @@ def test_unsupported_op_in_the_middle_runs_on_the_cpu(gelu_build):
     assert "hls4ml cannot implement it" in segments[1]["reasons"]["gelu_erf"]
     ver = report["verification"]
     assert ver["simulated_by"] == "C simulation -> TVM host build -> C simulation"
-    assert ver["decisive_agreement"] >= 0.99 and ver["max_abs_error"] < 0.01
+    assert ver["decisive_agreement"] == 1.0 and ver["max_abs_error"] < 0.01
     for layer in report["layers"]:
         assert LAYER_KEYS <= set(layer), layer["name"]
     cpu_layers = [layer for layer in report["layers"] if layer["placement"] == "cpu"]
@@ -166,7 +167,7 @@ def test_unsupported_op_in_the_middle_runs_on_the_cpu(gelu_build):
 
 
 def test_estimate_costs_the_partition_the_build_makes(gelu_build):
-    from edgec.estimate import estimate
+    from edgec.pipeline.estimate import estimate
 
     report = estimate(gelu_mlp(), target="pynq-z2")
     built = gelu_build.report
@@ -180,6 +181,7 @@ def test_estimate_costs_the_partition_the_build_makes(gelu_build):
     assert "partition" not in everything and any("Erf" in w for w in everything["warnings"])
 
 
+@pytest.mark.heavy
 def test_partitioned_folder_has_board_libraries_and_resimulates(gelu_build, tmp_path):
     folder = gelu_build.output_dir
     assert elf_machine(folder / "cpu" / "seg1_cpu.armv7a.so") == "ARM"
@@ -233,7 +235,7 @@ def test_layer_that_does_not_fit_goes_to_the_cpu(tmp_path):
     assert "big_fc" in segments[0]["nodes"] and "small_fc" in segments[1]["nodes"]
     assert "did not fit the FPGA" in segments[0]["reasons"]["big_fc"]
     assert any("big_fc" in d and "did not fit" in d for d in report["decisions"])
-    assert report["verification"]["decisive_agreement"] >= 0.99
+    assert report["verification"]["decisive_agreement"] == 1.0  # (the build itself refuses below 0.99)
     assert elf_machine(tmp_path / "wide" / "cpu" / "seg0_cpu.armv7a.so") == "ARM"
     big = next(layer for layer in report["layers"] if layer["name"] == "big_fc")
     assert big["placement"] == "cpu" and big["implementation"] == "cpu-dense" and big["break_even_ratio"] is not None
@@ -243,6 +245,7 @@ def test_layer_that_does_not_fit_goes_to_the_cpu(tmp_path):
     assert 0.0 < row["measured_host_break_even"]["ratio"] < 1.0
 
 
+@pytest.mark.heavy
 def test_per_node_override_and_quantized_seams(tmp_path, data_dir):
     """TFC-2W2A (QONNX, 2-bit) with its second MatMul forced onto the CPU: quantizers run in TVM
     (exact float rewrites) and the FPGA segments read the CPU's values through their input types."""

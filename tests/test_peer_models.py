@@ -12,11 +12,12 @@ import edgec
 PEERS = ["three_layer_keras", "three_layer_pytorch", "conv2d_small_keras", "bnn_model_fc_1layer"]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", PEERS)
 def test_peer_model_builds_and_verifies(name, data_dir, tmp_path):
     result = edgec.build(data_dir / f"{name}.onnx", target="pynq-z2", output_dir=tmp_path / name)
     ver = result.report["verification"]
-    assert ver["decisive_agreement"] >= 0.99
+    assert ver["decisive_agreement"] == 1.0  # (the build itself refuses below 0.99)
     if name != "three_layer_pytorch":  # its outputs are near-uniform on random inputs: ties (see below)
         assert ver["argmax_agreement"] >= 0.99
     assert ver["n_samples"] == 200
@@ -36,6 +37,7 @@ def test_peer_model_builds_and_verifies(name, data_dir, tmp_path):
     assert (tmp_path / name / "hls" / "build_prj.tcl").is_file()
 
 
+@pytest.mark.heavy
 def test_tfc_2w2a_csim_accuracy_equals_qonnx_on_mnist(data_dir, tmp_path):
     out = tmp_path / "tfc"
     proc = subprocess.run(
@@ -73,6 +75,7 @@ def test_bnn_output_is_bit_exact(data_dir, tmp_path):
     assert set(np.unique(result.predict(x))) <= {-1.0, 1.0}
 
 
+@pytest.mark.heavy
 def test_near_ties_are_told_apart_from_disagreements(data_dir, tmp_path):
     # three_layer_pytorch gives near-uniform probabilities on random inputs (median top-2 margin
     # ~3e-3): classes closer than one step of the exponential table are ties, not errors.

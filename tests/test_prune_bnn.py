@@ -54,6 +54,7 @@ def hls_products(build_dir: Path) -> list[str]:
     return re.findall(r"nnet::product::(\w+)<", text)
 
 
+@pytest.mark.heavy
 def test_mnist_bnn_lowers_to_xnor_popcount_bit_exactly(data_dir, tmp_path):
     model, x, y = mnist_bnn(data_dir)
     result = edgec.build(model.model, target="pynq-z2", output_dir=tmp_path / "bnn", data=(x[:400], y[:400]))
@@ -65,6 +66,7 @@ def test_mnist_bnn_lowers_to_xnor_popcount_bit_exactly(data_dir, tmp_path):
     assert [layer["precision"]["weight"] for layer in result.report["layers"] if layer["op"] == "Dense"][:2] == ["uint<1>", "uint<1>"]
 
 
+@pytest.mark.heavy
 def test_mnist_bnn_prunes_within_half_a_point_and_builds(data_dir, tmp_path):
     model, x, y = mnist_bnn(data_dir)
     pruned, records = run_pruning(model, ["bnn-latent:ratio=0.5,max_drop=0.5"], PruneContext(x, y))

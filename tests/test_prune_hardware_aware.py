@@ -15,10 +15,12 @@ from edgec.passes.prune import PruneContext, run_pruning
 from edgec.passes.prune.common import prunable_layers
 from edgec.passes.prune.hardware_aware import break_even_ratios, zero_fraction
 from edgec.passes.prune.magnitude import MagnitudePruning
+from edgec.pipeline.flow import DesignCoster
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "models" / "digits_cnn.onnx"
 EXAMPLE_DATA = REPO / "examples" / "data" / "digits_test.npz"
+PYNQ = DesignCoster.for_target("pynq-z2")  # the design hardware_aware prunes for, as a build makes it
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,7 @@ def digits():
 
 @pytest.fixture(scope="module")
 def ratios(digits):
-    found, notes = break_even_ratios(digits, PruneContext(None, None))
+    found, notes = break_even_ratios(digits, PruneContext(None, None, coster=PYNQ))
     assert not notes
     return {name: be.ratio for name, be in found.items()}
 
@@ -52,7 +54,7 @@ def test_the_digits_cnn_has_resource_layers_with_break_even_ratios(ratios):
 
 
 def test_magnitude_raises_layers_below_break_even_without_data(digits, ratios):
-    pruned, records = run_pruning(digits, ["magnitude:sparsity=0.3,hardware_aware=true"], PruneContext(None, None))
+    pruned, records = run_pruning(digits, ["magnitude:sparsity=0.3,hardware_aware=true"], PruneContext(None, None, coster=PYNQ))
     record = records[0]
     assert_dense_or_past_break_even(digits, pruned, record, ratios)
     layers = record["layers"]
@@ -62,13 +64,13 @@ def test_magnitude_raises_layers_below_break_even_without_data(digits, ratios):
         assert "not checked on data" in layers[name]["hardware_decision"]
     assert any(note.startswith("hardware_aware (pynq-z2") for note in record["notes"])
     # without the option the same pass leaves those layers at 30%
-    plain, plain_records = run_pruning(digits, ["magnitude:sparsity=0.3"], PruneContext(None, None))
+    plain, plain_records = run_pruning(digits, ["magnitude:sparsity=0.3"], PruneContext(None, None, coster=PYNQ))
     assert plain_records[0]["layers"]["/classifier/Gemm"]["sparsity"] == pytest.approx(0.3, abs=0.01)
 
 
 def test_magnitude_with_max_drop_restores_what_it_cannot_raise(digits, ratios):
     data = np.load(EXAMPLE_DATA)
-    ctx = PruneContext(data["x"], data["y"])
+    ctx = PruneContext(data["x"], data["y"], coster=PYNQ)
     pruned, records = run_pruning(digits, ["magnitude:sparsity=0.3,max_drop=1,hardware_aware=true"], ctx)
     record = records[0]
     assert_dense_or_past_break_even(digits, pruned, record, ratios)
@@ -81,7 +83,7 @@ def test_magnitude_with_max_drop_restores_what_it_cannot_raise(digits, ratios):
 
 
 def test_cpu_placement_uses_the_cpu_break_even(digits):
-    ctx = PruneContext(None, None, target="pynq-z2", placement={"/classifier/Gemm": "cpu"})
+    ctx = PruneContext(None, None, coster=DesignCoster.for_target("pynq-z2", placement={"/classifier/Gemm": "cpu"}))
     found, _ = break_even_ratios(digits, ctx)
     be = found["/classifier/Gemm"]
     assert (be.placement, be.dense_form, be.sparse_form) == ("cpu", "cpu-dense", "cpu-sparse")
@@ -92,8 +94,10 @@ def test_cpu_placement_uses_the_cpu_break_even(digits):
 
 
 def test_a_cpu_only_target_places_every_layer_on_the_cpu(digits):
-    pruned, records = run_pruning(digits, ["magnitude:sparsity=0.3,hardware_aware=true"], PruneContext(None, None, target="x86-64"))
-    found, _ = break_even_ratios(digits, PruneContext(None, None, target="x86-64"))
+    pruned, records = run_pruning(
+        digits, ["magnitude:sparsity=0.3,hardware_aware=true"], PruneContext(None, None, coster=DesignCoster.for_target("x86-64"))
+    )
+    found, _ = break_even_ratios(digits, PruneContext(None, None, coster=DesignCoster.for_target("x86-64")))
     assert {be.placement for be in found.values()} == {"cpu"}
     assert {entry["placement"] for entry in records[0]["layers"].values()} == {"cpu"}
     assert_dense_or_past_break_even(digits, pruned, records[0], {name: be.ratio for name, be in found.items()})
@@ -101,17 +105,19 @@ def test_a_cpu_only_target_places_every_layer_on_the_cpu(digits):
 
 
 def test_structured_methods_record_that_there_was_nothing_to_do(digits):
-    aware, records = run_pruning(digits, ["channels:ratio=0.3,hardware_aware=true"], PruneContext(None, None))
-    plain, _ = run_pruning(digits, ["channels:ratio=0.3"], PruneContext(None, None))
+    aware, records = run_pruning(digits, ["channels:ratio=0.3,hardware_aware=true"], PruneContext(None, None, coster=PYNQ))
+    plain, _ = run_pruning(digits, ["channels:ratio=0.3"], PruneContext(None, None, coster=PYNQ))
     assert any("nothing to do" in note and "whole channels" in note for note in records[0]["notes"])
     for a, b in zip(prunable_layers(aware), prunable_layers(plain), strict=True):
         assert np.array_equal(a.get(aware), b.get(plain))  # the same smaller model
-    _, spp_records = run_pruning(digits, ["spp:ratio=0.3,group=filter,steps=50,hardware_aware=true"], PruneContext(None, None))
+    _, spp_records = run_pruning(digits, ["spp:ratio=0.3,group=filter,steps=50,hardware_aware=true"], PruneContext(None, None, coster=PYNQ))
     assert any("nothing to do" in note for note in spp_records[0]["notes"])
 
 
 def test_spp_columns_are_raised_by_whole_columns(digits, ratios):
-    pruned, records = run_pruning(digits, ["spp:ratio=0.3,group=column,steps=50,hardware_aware=true"], PruneContext(None, None))
+    pruned, records = run_pruning(
+        digits, ["spp:ratio=0.3,group=column,steps=50,hardware_aware=true"], PruneContext(None, None, coster=PYNQ)
+    )
     assert_dense_or_past_break_even(digits, pruned, records[0], ratios)
     ref = next(r for r in prunable_layers(pruned) if r.name == "/classifier/Gemm")
     weights = ref.get(pruned)
@@ -126,7 +132,7 @@ def test_hardware_aware_takes_booleans_only():
     assert MagnitudePruning(None, sparsity=0.5, hardware_aware=True).hardware_aware
     assert not MagnitudePruning(None, sparsity=0.5).hardware_aware
     with pytest.raises(OptionError, match="hardware_aware"):
-        run_pruning(load_model(EXAMPLE).model, ["magnitude:sparsity=0.5,hardware_aware=2"], PruneContext(None, None))
+        run_pruning(load_model(EXAMPLE).model, ["magnitude:sparsity=0.5,hardware_aware=2"], PruneContext(None, None, coster=PYNQ))
 
 
 def slow_csr_target(tmp_path: Path) -> str:
@@ -146,7 +152,7 @@ def test_bnn_latent_raises_or_restores_a_cpu_placed_layer(data_dir, tmp_path):
     restored to the binary layer, since raising it changes predictions."""
     model = load_model(data_dir / "bnn_model_fc_1layer.onnx").model
     name = prunable_layers(model)[0].name
-    ctx = PruneContext(None, None, target=slow_csr_target(tmp_path), placement={name: "cpu"})
+    ctx = PruneContext(None, None, coster=DesignCoster.for_target(slow_csr_target(tmp_path), placement={name: "cpu"}))
     found, _ = break_even_ratios(model, ctx)
     assert found[name].placement == "cpu" and found[name].ratio == pytest.approx(7 / 12)
     pruned, records = run_pruning(model, ["bnn-latent:ratio=0.1,hardware_aware=true"], ctx)
@@ -157,7 +163,7 @@ def test_bnn_latent_raises_or_restores_a_cpu_placed_layer(data_dir, tmp_path):
     assert any("pynq-z2-slow-csr" in note for note in records[0]["notes"])
 
     x = np.random.default_rng(0).choice([-1.0, 1.0], size=(200, *model.get_tensor_shape(model.graph.input[0].name)[1:])).astype(np.float32)
-    data_ctx = PruneContext(x, None, target=ctx.target, placement=ctx.placement)
+    data_ctx = PruneContext(x, None, coster=ctx.coster)
     pruned, records = run_pruning(model, ["bnn-latent:ratio=0.1,max_drop=0,hardware_aware=true"], data_ctx)
     record = records[0]
     entry = record["layers"][name]

@@ -101,6 +101,7 @@ def test_quantized_weights_are_ranked_by_what_the_layer_multiplies(data_dir):
     assert all(layer_ops(pruned)[k]["nonzero"] <= v["nonzero"] for k, v in before.items())
 
 
+@pytest.mark.heavy
 def test_pruned_zeros_reach_hls4ml_and_the_cost(tmp_path):
     """Build the example unpruned and pruned on a board where it stays unrolled: the generated
     weights carry the zeros and the estimate drops DSPs, MACs and energy."""
@@ -128,6 +129,7 @@ def test_pruned_zeros_reach_hls4ml_and_the_cost(tmp_path):
     assert any(d.startswith("prune magnitude") for d in sparse.report["decisions"])
 
 
+@pytest.mark.heavy
 def test_cli_prune_without_data_uses_data_free_criteria_and_reports_agreement(tmp_path, data_dir):
     out = tmp_path / "mlp"
     proc = subprocess.run(
@@ -178,6 +180,7 @@ def test_cli_prune_without_data_uses_data_free_criteria_and_reports_agreement(tm
     assert bad.returncode == 22 and "unknown pruning method" in bad.stderr
 
 
+@pytest.mark.heavy
 def test_channel_pruning_shrinks_the_generated_project(tmp_path):
     """Structured pruning makes hls4ml's layers themselves narrower (not only zero weights)."""
     data = np.load(EXAMPLE_DATA)

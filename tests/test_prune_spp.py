@@ -118,6 +118,7 @@ def column_runs(cnn, digits):
     return fine, fine_record, again, one_shot, one_shot_record
 
 
+@pytest.mark.heavy
 def test_fine_tuned_spp_prunes_half_the_columns_of_every_layer(column_runs):
     fine, record, _, _, _ = column_runs
     assert record.mode.startswith("fine-tuned (") and "epochs-equivalent" in record.mode

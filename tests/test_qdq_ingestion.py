@@ -140,6 +140,7 @@ def test_load_converts_to_qonnx(models, name):
     assert bits == {8.0}
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", list(MODELS))
 def test_qonnx_execution_equals_onnxruntime_on_the_original(models, name):
     x, _ = _eval_data(MODELS[name][0].replace("raw", ""))
@@ -153,6 +154,7 @@ def test_qonnx_execution_equals_onnxruntime_on_the_original(models, name):
     assert np.abs(reference).max() > 0
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", ["cnn_qdq_pc_s8", "cnn_qop_pt_s8", "mlp_qdq_pc_u8"])
 def test_build_verifies_against_qonnx_reference(models, name, tmp_path):
     x, y = _eval_data(MODELS[name][0])
@@ -174,6 +176,7 @@ def test_build_verifies_against_qonnx_reference(models, name, tmp_path):
     assert any("onnxruntime" in d for d in result.report["decisions"])
 
 
+@pytest.mark.heavy
 def test_unfused_matmul_add_qdq_model_is_refused_clearly(models, tmp_path):
     """A float-scale Quant between a MatMul and its bias Add rounds twice: no single fixed-point affine
     map reproduces it (ExactRequantization records why), and hls4ml has no threshold layer. The build
@@ -183,6 +186,7 @@ def test_unfused_matmul_add_qdq_model_is_refused_clearly(models, tmp_path):
     assert not (tmp_path / "raw").exists()
 
 
+@pytest.mark.heavy
 def test_estimate_command_on_qdq_model(models, capsys):
     assert cli_main(["estimate", str(models["cnn_qdq_pt_u8"]), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -6,12 +6,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import edgec
 
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.heavy
 def test_cli_quantize_fixed_8_is_bit_exact(tmp_path):
     out = tmp_path / "q8"
     proc = subprocess.run(
@@ -42,6 +44,7 @@ def test_cli_quantize_fixed_8_is_bit_exact(tmp_path):
     assert any(line.startswith("quantize fixed:bits=8") for line in report["decisions"])
 
 
+@pytest.mark.heavy
 def test_raw_float_inputs_round_once_like_the_input_quantizer(tmp_path, data_dir):
     """MNIST pixels are not on an 8-bit input quantizer's grid: the C-sim must round them exactly
     as the quantizer does (half to even, once), so the quantized CNN stays bit-exact."""

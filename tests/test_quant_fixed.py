@@ -174,6 +174,7 @@ def test_fixed_8bit_keras_mlp_agrees_with_float(mlp_x):
 # -- (c) bit-exact C simulation -------------------------------------------------------------------
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("spec", ["bits=8", "bits=6", "bits=4", "bits=4,per=channel"])
 def test_digits_cnn_c_simulation_is_bit_exact(tmp_path, digits, spec):
     x, y = digits
@@ -191,6 +192,7 @@ def test_digits_cnn_c_simulation_is_bit_exact(tmp_path, digits, spec):
     assert result.report["layers"][-1]["precision"]["result"].startswith(f"fixed<{bits},")
 
 
+@pytest.mark.heavy
 def test_mlp_logits_bit_exact(tmp_path, mlp_x):
     """The MLP up to its logits (hls4ml's Softmax is a lookup table, so the probabilities are not
     bit-exact: measured max error 0.014, argmax 100% equal). Inputs on the input quantizer's grid

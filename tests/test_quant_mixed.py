@@ -26,11 +26,12 @@ from qonnx.custom_op.general.quant import quant as qonnx_quant
 from sklearn.datasets import load_digits
 
 from edgec.errors import OptionError
-from edgec.estimate import estimate
 from edgec.frontend.load import load_model
 from edgec.passes.quant.fixed import FixedPointQuantization
-from edgec.passes.quant.mixed import CostSetup, MixedPrecision, pareto_frontier
+from edgec.passes.quant.mixed import MixedPrecision, pareto_frontier
 from edgec.passes.quant.registry import parse_quant_spec, run_quantization
+from edgec.pipeline.estimate import estimate
+from edgec.pipeline.flow import DesignCoster
 
 ROOT = Path(__file__).parent.parent
 DIGITS_CNN = ROOT / "examples" / "models" / "digits_cnn.onnx"
@@ -83,6 +84,7 @@ def tiny_searches(tiny):
     return [run_quantization(model, [TINY_SPEC], x, y) for _ in range(2)]
 
 
+@pytest.mark.heavy
 def test_result_is_never_worse_than_the_best_feasible_uniform_width(tiny_searches):
     _, records = tiny_searches[0]
     record = records[0]
@@ -109,6 +111,7 @@ def test_result_is_never_worse_than_the_best_feasible_uniform_width(tiny_searche
             assert record["layers"][layer]["weight"].startswith(f"fixed<{bits},")
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("objective, key", [("energy", "energy_uj"), ("latency", "latency_us"), ("dsp", "dsp")])
 def test_other_objectives_are_never_worse_than_uniform(tiny, objective, key):
     model, x, y = tiny
@@ -219,11 +222,11 @@ def test_reported_cost_is_the_builds(tiny, tiny_searches):
 def test_design_options_reach_the_cost(tiny):
     """With the build's design options (here: one reuse factor for every layer) candidates are
     costed as that build would be."""
-    from edgec.estimate import DesignOptions
+    from edgec.pipeline.design import DesignOptions
 
     model, x, y = tiny
     options = DesignOptions(reuse_factor=4)
-    search_pass = MixedPrecision(x, y=y, progress=None, cost_setup=CostSetup(options), max_drop=100, bits=[5])
+    search_pass = MixedPrecision(x, y=y, progress=None, coster=DesignCoster.for_target("pynq-z2", options), max_drop=100, bits=[5])
     quantized = model.transform(search_pass)
     chosen = search_pass.record.extra["search"]["chosen"]
     totals = estimate(quantized.model, target="pynq-z2", data=(x, None), options=options)["totals"]
@@ -232,6 +235,7 @@ def test_design_options_reach_the_cost(tiny):
     assert default["latency_us"] < totals["latency_us"]  # reuse factor 4 is slower than the configurator's choice
 
 
+@pytest.mark.heavy
 def test_progress_and_time_budget(tiny):
     model, x, y = tiny
     lines: list[str] = []
@@ -256,6 +260,7 @@ def test_without_labels_it_bounds_agreement(tiny):
     assert search["chosen"]["energy_uj"] <= min(p["energy_uj"] for p in search["uniform"] if p["feasible"])
 
 
+@pytest.mark.heavy
 def test_kernel_widths_are_exact_and_build_bit_exactly(tiny, tmp_path):
     """qonnx's Quant takes a scalar bit width only, so per-kernel widths live in per-channel scales
     under the widest kernel's width: each kernel's levels stay within its own width. The CLI builds
@@ -345,7 +350,7 @@ def test_specs_and_bad_options(tiny):
         "mixed:restarts=-1",
         "mixed:restarts=1.5",
         "mixed:progress=1",
-        "mixed:cost_setup=1",
+        "mixed:coster=1",
     ):
         with pytest.raises(OptionError):
             run_quantization(model, [spec], x, y)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import edgec
@@ -58,6 +59,7 @@ def test_average_pool_becomes_depthwise_conv(tmp_path):
     onnx.checker.check_model(onnx.load(tmp_path / "a" / "model.edgec.onnx"))
 
 
+@pytest.mark.heavy
 def test_global_average_pool_head(tmp_path):
     rng = np.random.default_rng(7)
     inits = [

@@ -156,6 +156,7 @@ def _first_mismatch(labels: list[str], got: np.ndarray, want: np.ndarray) -> str
     return ", ".join(bad[:5])
 
 
+@pytest.mark.heavy
 def test_quantizers_are_exact_under_onnxruntime_and_tvm(tmp_path):
     model, labels = _quantizer_sweep_model()
     x = _sweep_input()
@@ -282,6 +283,7 @@ def test_host_latency_tvm_vs_onnxruntime(digits_pynq):
     assert latency["python_min_ms"] >= latency["min_ms"]  # the Python call wraps the VM run
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("board", ["zcu104", "rpi4"])
 def test_aarch64_boards_get_aarch64_libraries(board, tmp_path):
     _require_cross_compilers()
@@ -309,6 +311,7 @@ def _digits_features(n: int) -> np.ndarray:
         ("mnist_bnn_mlp.onnx", lambda data: np.load(data / "mnist_bnn_eval.npz")["x"][:60].astype(np.float32)),
     ],
 )
+@pytest.mark.heavy
 def test_qonnx_models_match_qonnx_execution(name, inputs, data_dir, tmp_path):
     model = load_model(data_dir / name).model
     x = inputs(data_dir)

@@ -32,12 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgec import __version__
 from edgec.backends.hls4ml_backend import sanitize_identifier
 from edgec.errors import BundleError, ToolchainError
 from edgec.fixed_point import FixedType
 from edgec.targets import Target
 from edgec.templating import render
+from edgec.version import __version__
 
 DEPLOY_DIR = "deploy"
 

@@ -614,8 +614,8 @@ def bind_products_to_dsp(hm, plan: LoweringPlan) -> list[str]:
 
 def write_product_header(project_dir: Path, project_name: str, backend: str) -> None:
     """Write the DSP-bound product class the bound layers' configs name."""
-    from edgec import __version__
     from edgec.templating import render
+    from edgec.version import __version__
 
     header = project_dir / "firmware" / DSP_PRODUCT_HEADER
     header.write_text(render("edgec_products.h.j2", edgec_version=__version__, project_name=project_name, backend=backend.lower()))
@@ -627,8 +627,8 @@ def _make_weights_relocatable(project_dir: Path, project_name: str) -> None:
     hls4ml bakes the absolute weights folder into the library at compile time, which breaks once
     edgec moves the finished build from its staging folder into place (or a user copies it).
     """
-    from edgec import __version__
     from edgec.templating import render
+    from edgec.version import __version__
 
     header = project_dir / "firmware" / "edgec_weights_dir.h"
     header.write_text(

@@ -36,7 +36,7 @@ Implementation pairs (docs/break-even.md has the derivations and a worked pynq-z
   * resources: the sum of the layer's LUT/FF/DSP/BRAM18 fractions of the device, from
     edgec.cost.resources (each resource's own r* is in ``terms``).
 
-  hls4ml 1.3.0 cannot generate compressed layers (edgec.configure.HLS4ML_COMPRESSION_WORKS), and
+  hls4ml 1.3.0 cannot generate compressed layers (HLS4ML_COMPRESSION_WORKS below), and
   has no compressed convolution at all: :func:`choose_implementation` then keeps the layer dense and
   says what compression would save.
 - **CPU**: dense float32 SIMD GEMV/GEMM (a roofline of compute and memory traffic) against CSR
@@ -134,6 +134,16 @@ class BreakEven:
             "terms": _jsonable(self.terms),
             "curve": _jsonable(self.curve),
         }
+
+
+# hls4ml 1.3.0 cannot generate compressed Dense layers for the Vivado/Vitis backends: its config
+# template has no `dense_function` for strategy "compressed" (KeyError during conversion; checked
+# with a 256x64 layer at 85% zeros, see docs/hls4ml-notes.md). Whether compression would pay off
+# is decided per layer by choose_implementation (reported in each layer's
+# `implementation` and `break_even_ratio`). When a release fixes it, flip this, give LayerChoice a
+# compressed flag where choose_implementation returns fpga-resource-compressed, set hls4ml's
+# `Compression: True` for it in hls4ml_backend.lower and pass it to the cost layers (plan_cost_layers).
+HLS4ML_COMPRESSION_WORKS = False
 
 
 def _jsonable(value):
@@ -586,8 +596,6 @@ def choose_implementation(
     why -- including what a form edgec cannot generate (hls4ml 1.3.0's compressed weights, a CSR
     kernel on the CPU) would have saved. ``be``: the layer's break-even for ``metric`` when the
     caller already has it (from :func:`break_even_table`), so it is not searched again."""
-    from edgec.configure import HLS4ML_COMPRESSION_WORKS
-
     be = be if be is not None else layer_break_even(layer, target, device, placement, metric)
     where = f"on {target.name} ({metric})"
     pruned = f"pruned {_percent(pruning_ratio)}"

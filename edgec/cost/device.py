@@ -24,8 +24,9 @@ BACKENDS = ("vivado", "vitis")
 CLOCK_UNCERTAINTY = 0.125
 
 # Logic speed relative to an UltraScale+ -2 part (1.0 = as fast). Ratio of the DSP slices'
-# fully-pipelined F_MAX in the data sheets: DS925 Zynq UltraScale+ (DSP48E2, -2: 775 MHz, -1:
-# 645 MHz) against DS187 Zynq-7000 / DS181 Artix-7 (DSP48E1, -3: 628, -2: 550, -1: 464 MHz).
+# fully-pipelined F_MAX in the data sheets: DS925 Zynq UltraScale+ (DSP48E2, -3: 891 MHz, -2:
+# 775 MHz, -1: 645 MHz) against DS187 Zynq-7000 / DS181 Artix-7 (DSP48E1, -3: 628, -2: 550, -1:
+# 464 MHz).
 # The delay constants of edgec.cost.cycles are calibrated on UltraScale+ -2 and scaled by this.
 SPEED_FACTOR = {
     ("ultrascale+", 3): 775 / 891,

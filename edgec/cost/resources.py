@@ -59,7 +59,8 @@ FF_PER_DIVIDER_STAGE_BIT = 2.0
 # Calibrated: costval Dense(1->64) + sigmoid (145 LUT/element) and + ELU (63 LUT/element).
 TABLE_INDEX_LUT_PER_BIT = {"sigmoid": 9.0, "tanh": 9.0, "elu": 4.0, "selu": 5.0, "softsign": 9.0, "softplus": 9.0, "softmax": 12.0}
 # A block RAM has two ports (UG473 7 Series Memory Resources ch. 1; UG573 UltraScale), so two
-# elements share one copy of a table; one BRAM18 holds 18 Kib.
+# elements share one copy of a table; one BRAM18 holds 18 Kib and is at most 36 bits wide (simple
+# dual-port mode, UG473 ch. 1 "Block RAM port aspect ratios").
 BRAM_PORTS = 2
 BRAM18_BITS = 18 * 1024
 BRAM18_MAX_WIDTH = 36

@@ -32,7 +32,7 @@ def from_canonical_layout(y: np.ndarray, canonical_out_shape: list[int], output_
 
 @dataclass
 class SegmentRunner:
-    """One segment of a build folder, ready to run (see ``segment_meta`` in edgec.build)."""
+    """One segment of a build folder, ready to run (see ``segment_meta`` in edgec.pipeline.build)."""
 
     meta: dict
     folder: Path

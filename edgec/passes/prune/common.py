@@ -15,6 +15,7 @@ from onnx import helper
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.transformation.infer_shapes import InferShapes
 
+from edgec.cost.coster import DesignCosting
 from edgec.errors import DataError
 from edgec.verify import model_outputs
 
@@ -178,16 +179,15 @@ def relative_rms(reference: np.ndarray, outputs: np.ndarray) -> float:
 @dataclass
 class PruneContext:
     """Data and the quality metric the passes use: accuracy with labels, otherwise argmax
-    agreement with the model as it was before the first pruning pass. ``target`` (board name,
-    None: pynq-z2) and ``placement`` (layer name -> fpga | cpu, default fpga) are where the model
-    will run, for ``hardware_aware`` pruning."""
+    agreement with the model as it was before the first pruning pass. ``coster`` is the design the
+    model will be built into (``edgec.cost.coster.DesignCosting``: the target, where each layer
+    runs, the build's options), which ``hardware_aware`` pruning needs."""
 
     x: np.ndarray | None
     y: np.ndarray | None
     seed: int = 0
     progress: Callable[[str], None] | None = None
-    target: str | None = None
-    placement: dict[str, str] | None = None
+    coster: DesignCosting | None = None
     _reference: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -298,3 +298,31 @@ def layer_bias(model: ModelWrapper, node) -> str | None:
         if len(others) == 1 and model.get_initializer(others[0]) is not None:
             return others[0]
     return None
+
+
+def magnitude_masks(weights: dict[str, np.ndarray], sparsity: float, scope: str) -> dict[str, np.ndarray]:
+    """Keep-masks removing the ``sparsity`` fraction of smallest-|w| weights, per layer or globally."""
+    masks = {}
+    if scope == "global":
+        everything = np.concatenate([np.abs(w).reshape(-1) for w in weights.values()]) if weights else np.zeros(0)
+        k = int(round(sparsity * everything.size))
+        threshold = np.partition(everything, k - 1)[k - 1] if k > 0 else -1.0
+        for name, w in weights.items():
+            masks[name] = np.abs(w) > threshold
+        return masks
+    for name, w in weights.items():
+        flat = np.abs(w).reshape(-1)
+        k = int(round(sparsity * flat.size))
+        keep = np.ones(flat.size, dtype=bool)
+        if k > 0:
+            keep[np.argsort(flat, kind="stable")[:k]] = False
+        masks[name] = keep.reshape(w.shape)
+    return masks
+
+
+def magnitude_score(effective: np.ndarray, latent: np.ndarray) -> np.ndarray:
+    """|effective| with |latent| breaking ties (scaled below the smallest non-zero |effective|)."""
+    eff, lat = np.abs(effective), np.abs(latent)
+    nonzero = eff[eff > 0]
+    step = float(nonzero.min()) if nonzero.size else 1.0
+    return eff + 0.5 * step * lat / (float(lat.max()) or 1.0)

@@ -13,11 +13,12 @@ every layer it pruned to 0 < ratio < r* is
 a layer whose sparse form never pays off (r* None) is restored. The layers are visited largest
 first (most weights), each decision measured on the model with the earlier ones applied.
 
-r* comes from the design edgec would build for the unpruned model on the build's target
-(``PruneContext.target``, default pynq-z2): the model is canonicalized, planned (types, strategy
-and reuse factor fitted to the board, as ``edgec estimate`` does) and each prunable layer is matched
-to its lowered layer. Unrolled (Latency) FPGA layers have r* = 0, so only Resource-strategy and
-CPU-placed layers (``PruneContext.placement``; every layer on a CPU-only target) can be affected. Structured methods (``channels``,
+r* comes from the design edgec would build for the unpruned model (``PruneContext.coster``, which
+the pipeline makes from the build's target and options): the model is canonicalized, planned
+(types, strategy and reuse factor fitted to the board, as ``edgec estimate`` does) and each
+prunable layer is matched to its lowered layer. Unrolled (Latency) FPGA layers have r* = 0, so
+only Resource-strategy and CPU-placed layers (the coster's ``placement``; every layer on a
+CPU-only target) can be affected. Structured methods (``channels``,
 ``sensitivity``, ``spp`` with ``group=filter``) remove whole channels and leave smaller dense
 layers, whose r* is 0: the pass records that there was nothing to do.
 """
@@ -30,35 +31,31 @@ import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
 
 from edgec.cost.break_even import BreakEven, break_even_table
+from edgec.cost.coster import DesignCosting, default_coster
 from edgec.cost.layer import LayerConfig
-from edgec.passes.prune.common import PruneContext, WeightRef, max_drop_points, prunable_layers
+from edgec.passes.prune.common import PruneContext, WeightRef, magnitude_masks, magnitude_score, max_drop_points, prunable_layers
 
-DEFAULT_TARGET = "pynq-z2"
+DEFAULT_TARGET = "pynq-z2"  # a pass used on its own, without the build's design
 METRIC = "energy"
 # Calibration samples for planning the design (types come from the ranges they produce; the
 # configurator's strategy/reuse-factor choice depends on the sizes, not on the values).
 PLAN_SAMPLES = 32
 
 
+def _coster(ctx: PruneContext) -> DesignCosting:
+    """The design the pass prunes for: the one the pipeline handed over, or a default build's."""
+    return ctx.coster if ctx.coster is not None else default_coster(DEFAULT_TARGET)
+
+
 def planned_layers(model: ModelWrapper, ctx: PruneContext) -> tuple[dict[str, LayerConfig], list[str]]:
     """Each prunable layer of ``model`` (by its name in ``prunable_layers``) as the cost model sees
-    it in the design edgec would build on ``ctx.target``; and notes on layers that could not be
-    matched. Matching is by order among the Dense/Conv layers and by weight count (canonicalization
-    renames nodes but keeps the layers' order and sizes)."""
+    it in the design ``ctx.coster`` plans; and notes on layers that could not be matched. Matching
+    is by order among the Dense/Conv layers and by weight count (canonicalization renames nodes
+    but keeps the layers' order and sizes)."""
     from edgec.data import resolve_data
-    from edgec.estimate import DesignOptions, cost_layers, plan_design
-    from edgec.frontend.canonicalize import canonicalize
-    from edgec.runtime.hetero import to_canonical_layout
-    from edgec.targets import load_target
 
-    target = load_target(ctx.target or DEFAULT_TARGET)
-    if not getattr(target, "has_fpga", True):
-        target = load_target(DEFAULT_TARGET)  # a CPU-only board: the plan only gives the layers' shapes
     x = ctx.x[:PLAN_SAMPLES] if ctx.x is not None else resolve_data(None, model, PLAN_SAMPLES)[0]
-    canonical = canonicalize(model, for_estimate=True)
-    options = DesignOptions()
-    plan = plan_design(canonical.model, to_canonical_layout(x, canonical.input_perm), target, options, 16)
-    lowered = [layer for layer in cost_layers(canonical.model, plan, plan.io_type, options) if layer.is_linear]
+    lowered = _coster(ctx).planned_layers(model, x)
     matched: dict[str, LayerConfig] = {}
     notes: list[str] = []
     cursor = 0
@@ -74,19 +71,15 @@ def planned_layers(model: ModelWrapper, ctx: PruneContext) -> tuple[dict[str, La
 
 
 def break_even_ratios(model: ModelWrapper, ctx: PruneContext, metric: str = METRIC) -> tuple[dict[str, BreakEven], list[str]]:
-    """r* (``metric``) of every prunable layer of ``model`` on ``ctx.target``, keyed by layer name."""
-    from edgec.cost.device import device_for
-    from edgec.targets import load_target
-
-    target = load_target(ctx.target or DEFAULT_TARGET)
+    """r* (``metric``) of every prunable layer of ``model`` in ``ctx.coster``'s design, keyed by layer name."""
+    coster = _coster(ctx)
     layers, notes = planned_layers(model, ctx)
-    placement = ctx.placement or {}
-    has_fpga = getattr(target, "has_fpga", True)
-    device = device_for(target) if has_fpga else None
+    placement = coster.placement or {}
+    has_fpga = coster.device is not None
     ratios = {}
     for name, layer in layers.items():
         where = placement.get(name, "fpga" if has_fpga else "cpu")
-        ratios[name] = break_even_table(layer, target, device, where, (metric,))[metric]
+        ratios[name] = break_even_table(layer, coster.target, coster.device, where, (metric,))[metric]
     return ratios, notes
 
 
@@ -100,8 +93,6 @@ def magnitude_reprune(original: ModelWrapper, current: ModelWrapper, ratios: dic
     """A copy of ``current`` in which each named layer holds its ``original`` weights with the
     ``ratio`` smallest (by the value multiplied, then the latent value: magnitude's ranking) zeroed;
     ratio 0 restores the original weights."""
-    from edgec.passes.prune.magnitude import _score, magnitude_masks
-
     out = ModelWrapper(current.model.__deepcopy__())
     before = {ref.name: ref for ref in prunable_layers(original)}
     for ref in prunable_layers(out):
@@ -109,7 +100,7 @@ def magnitude_reprune(original: ModelWrapper, current: ModelWrapper, ratios: dic
             continue
         source = before[ref.name]
         weights = source.get(original)
-        score = _score(source.effective(original), weights)
+        score = magnitude_score(source.effective(original), weights)
         mask = magnitude_masks({ref.name: score}, ratios[ref.name], "layer")[ref.name]
         ref.set(out, weights * mask)
     return out
@@ -119,10 +110,8 @@ def enforce_break_even(prune_pass, original: ModelWrapper, pruned: ModelWrapper)
     """Apply ``hardware_aware`` to the result of ``prune_pass`` (see the module docstring);
     decisions go to ``prune_pass.record`` (per layer ``break_even_ratio``, ``hardware_decision``,
     ``implementation``; a summary in the notes)."""
-    from edgec.targets import load_target
-
     record, ctx = prune_pass.record, prune_pass.ctx
-    target = load_target(ctx.target or DEFAULT_TARGET).name
+    target = _coster(ctx).target.name
     if prune_pass.structured():
         record.notes.append(
             f"hardware_aware ({target}): {prune_pass.method} removes whole channels; the smaller layers stay dense, "

@@ -9,43 +9,14 @@ up to the target that loses at most that many accuracy points on the data, and s
 
 from __future__ import annotations
 
-import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
 
 from edgec.errors import OptionError
 from edgec.passes.prune.base import PruningPass
-from edgec.passes.prune.common import largest_within_drop, max_drop_points, prunable_layers
+from edgec.passes.prune.common import largest_within_drop, magnitude_masks, magnitude_score, max_drop_points, prunable_layers
 
 # Sparsity ladder the max_drop search walks (fractions of the target).
 LADDER_STEPS = 20
-
-
-def magnitude_masks(weights: dict[str, np.ndarray], sparsity: float, scope: str) -> dict[str, np.ndarray]:
-    """Keep-masks removing the ``sparsity`` fraction of smallest-|w| weights, per layer or globally."""
-    masks = {}
-    if scope == "global":
-        everything = np.concatenate([np.abs(w).reshape(-1) for w in weights.values()]) if weights else np.zeros(0)
-        k = int(round(sparsity * everything.size))
-        threshold = np.partition(everything, k - 1)[k - 1] if k > 0 else -1.0
-        for name, w in weights.items():
-            masks[name] = np.abs(w) > threshold
-        return masks
-    for name, w in weights.items():
-        flat = np.abs(w).reshape(-1)
-        k = int(round(sparsity * flat.size))
-        keep = np.ones(flat.size, dtype=bool)
-        if k > 0:
-            keep[np.argsort(flat, kind="stable")[:k]] = False
-        masks[name] = keep.reshape(w.shape)
-    return masks
-
-
-def _score(effective: np.ndarray, latent: np.ndarray) -> np.ndarray:
-    """|effective| with |latent| breaking ties (scaled below the smallest non-zero |effective|)."""
-    eff, lat = np.abs(effective), np.abs(latent)
-    nonzero = eff[eff > 0]
-    step = float(nonzero.min()) if nonzero.size else 1.0
-    return eff + 0.5 * step * lat / (float(lat.max()) or 1.0)
 
 
 class MagnitudePruning(PruningPass):
@@ -68,7 +39,7 @@ class MagnitudePruning(PruningPass):
         weights = {r.name: r.get(model) for r in refs}
         # rank by the weight the layer really multiplies by, then by the latent weight: weights a
         # quantizer already maps to zero go first and cost nothing to remove
-        scores = {r.name: _score(r.effective(model), weights[r.name]) for r in refs}
+        scores = {r.name: magnitude_score(r.effective(model), weights[r.name]) for r in refs}
         target = float(self.params["sparsity"])
         scope = self.params["scope"]
 

@@ -30,7 +30,7 @@ so LUTs and DSPs see each kernel's width; the terms that use the layer's single 
 (``LayerConfig.weight_bits``: energy per DSP product, accumulator and pipeline-register widths,
 weights in memory at ReuseFactor > 1) are costed at the widest kernel's width, an upper bound.
 
-**Cost.** A point is costed with :func:`edgec.estimate.estimate` on the build's target and design
+**Cost.** A point is costed with :func:`edgec.pipeline.estimate.estimate` on the build's target and design
 options, so the configurator picks strategy and reuse factor for every candidate as the build will
 (this makes the cost non-monotone in the widths: a narrower design can fit at a smaller reuse
 factor and use more LUTs, or a wider one need a larger reuse factor and take longer). Accuracy is
@@ -78,6 +78,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
 
+from edgec.cost.coster import DesignCosting, default_coster
 from edgec.errors import DataError, OptionError
 from edgec.passes.prune.common import MAX_EVAL_SAMPLES, agreeing_samples, model_outputs, prunable_layers
 from edgec.passes.quant.calibrate import calibrate_ranges
@@ -158,15 +159,6 @@ class Point:
         return [self.index, self.phase, [int(b) for b in self.widths], round(self.accuracy, 6), objective, self.feasible]
 
 
-@dataclass(frozen=True)
-class CostSetup:
-    """How the build will cost the design: its :class:`edgec.estimate.DesignOptions` (part, clock,
-    strategy, reuse factor, ...; None: the defaults) and calibrated type width (``--width``)."""
-
-    options: object | None = None
-    width: int = 16
-
-
 @dataclass
 class _Descent:
     """One local search: where it started and where it ended."""
@@ -225,21 +217,22 @@ class MixedPrecision(QuantizationPass):
         x: np.ndarray | None = None,
         *,
         progress: Callable[[str], None] | None = _stderr,
-        cost_setup: CostSetup | None = None,
+        coster: DesignCosting | None = None,
         **params,
     ) -> None:
         """``progress`` receives one line per evaluation (stderr by default; None: silent).
-        ``cost_setup`` holds the build's design options and type width, so candidates are costed
-        as the build will cost the result (default: the build's defaults)."""
+        ``coster`` is the design the build will make (``edgec.cost.coster.DesignCosting``: its
+        target, options, width and placement), so candidates are costed as the build will cost the
+        result; the pipeline hands it over (default: a build for ``target`` with default options)."""
         for name, ok in (
             ("progress", progress is None or callable(progress)),
-            ("cost_setup", cost_setup is None or isinstance(cost_setup, CostSetup)),
+            ("coster", coster is None or (callable(getattr(coster, "totals", None)) and hasattr(coster, "target"))),
         ):
             if not ok:  # a spec key that is not a parameter lands here: say so as with_defaults does
                 raise OptionError(f"--quantize mixed: unknown parameter(s) {name}", hint=f"mixed takes: {', '.join(self.PARAMS)}")
         super().__init__(x, **params)
         self.progress = progress
-        self.cost_setup = cost_setup or CostSetup()
+        self.coster = coster
 
     def check_params(self) -> None:
         p = self.params
@@ -353,7 +346,7 @@ class MixedPrecision(QuantizationPass):
             f"after {len(self._points)} evaluations ({sum(p.costed for p in self._points)} costed)"
         )
         notes.append(
-            f"costs: edgec.estimate on {self.params['target']} (search calibrated on {COST_SAMPLES} samples; the chosen point "
+            f"costs: edgec.pipeline.estimate on {self.params['target']} (search calibrated on {COST_SAMPLES} samples; the chosen point "
             f"re-costed on the build's calibration data: {'same figures' if check['agrees'] else 'figures differ, reported as re-costed'})"
         )
         if self.granularity == "kernel":
@@ -500,22 +493,15 @@ class MixedPrecision(QuantizationPass):
         return float(np.mean(agreeing_samples(self._reference, outputs)))
 
     def _estimate(self, model: ModelWrapper, x: np.ndarray) -> dict:
-        """LUT/DSP/FF/BRAM, latency and energy of ``model``'s design, as the build would configure it."""
-        from edgec.estimate import estimate
-
-        report = estimate(
-            model.model, target=str(self.params["target"]), data=(x, None), options=self.cost_setup.options, width=self.cost_setup.width
-        )
-        totals = report["totals"]
-        res = totals["resources"]
-        return {
-            "lut": int(res["lut"]),
-            "dsp": int(res["dsp"]),
-            "ff": int(res["ff"]),
-            "bram18": int(res["bram18"]),
-            "latency_us": round(float(totals["latency_us"]), 6),
-            "energy_uj": round(float(totals["energy_uj"]), 9),
-        }
+        """LUT/DSP/FF/BRAM, latency and energy of ``model``'s design, as the build would make it."""
+        if self.coster is None:
+            self.coster = default_coster(str(self.params["target"]))
+        if str(self.params["target"]) != self.coster.target.name:
+            raise OptionError(
+                f"--quantize mixed: target={self.params['target']}, but the design is for {self.coster.target.name}",
+                hint="leave target out of the spec: the build's target is used",
+            )
+        return self.coster.totals(model, x)
 
     def _set_costs(self, point: Point, costs: dict) -> None:
         point.costs = costs

@@ -108,7 +108,7 @@ def run_quantization(
     :class:`edgec.errors.OptionError`). ``defaults`` fill parameters a pass accepts but the spec
     does not give (the build passes its target this way). ``pass_arguments`` are keyword arguments
     (not spec parameters) given to every pass whose constructor takes them (the build gives the
-    mixed search its design options as ``cost_setup``). Returns the quantized model and one record
+    mixed search the design it will be built into as ``coster``). Returns the quantized model and one record
     per pass.
     """
     parsed = [parse_quant_spec(spec) for spec in specs]

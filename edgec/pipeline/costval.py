@@ -10,7 +10,8 @@ import json
 import statistics
 from pathlib import Path
 
-from edgec.estimate import DesignOptions, estimate
+from edgec.pipeline.design import DesignOptions
+from edgec.pipeline.estimate import estimate
 
 FIGURES = ("latency", "ii", "lut", "ff", "dsp", "bram18")
 # The accuracy edgec aims for (issue 3): latency within max(2 cycles, 15%); LUT/FF/DSP within 25%.

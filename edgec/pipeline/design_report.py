@@ -18,13 +18,23 @@ from edgec.cost.break_even import METRICS, break_even_table, choose_implementati
 from edgec.cost.design import DesignCost, LayerCost, estimate_design
 from edgec.cost.layer import LayerConfig
 from edgec.cost.system import system_totals, transfer_cost
-from edgec.estimate import cost_layers, cost_sections
 from edgec.passes.prune.common import prunable_layers
+from edgec.pipeline.design import cost_layers, cost_sections
 
 # The metric a layer's form is chosen by: energy per inference, which weighs both the arithmetic
 # and the memory traffic a sparse form changes (the report also gives cycles and resources).
 BREAK_EVEN_METRIC = "energy"
 ZERO_RESOURCES = {"lut": 0, "ff": 0, "dsp": 0, "bram18": 0}
+
+
+@dataclass
+class Measurements:
+    """What a build measured on its host, for the report: each CPU segment's batch-1 latency
+    (segment index -> TVM timer figures, ms) and the break-even ratio of pruned CPU layers
+    (layer name -> the C benchmark's result). Estimates measure nothing."""
+
+    host_latency_ms: dict[int, dict] = field(default_factory=dict)
+    cpu_break_even: dict[str, dict | None] = field(default_factory=dict)
 
 
 def target_report(target, device) -> dict:
@@ -69,9 +79,12 @@ def _layer_cost(cost: LayerCost | None, clock_ns: float) -> dict:
     return cost.to_report(clock_ns)
 
 
-def _break_even_fields(layer: LayerConfig | None, ratio: float | None, target, device, placement: str) -> tuple[dict, dict | None]:
+def _break_even_fields(
+    layer: LayerConfig | None, ratio: float | None, target, device, placement: str, measured: dict | None = None
+) -> tuple[dict, dict | None]:
     """The layer's ``implementation``/``pruning_ratio``/``break_even_ratio`` fields and its row of the
-    break-even table (None for layers without weights)."""
+    break-even table (None for layers without weights). ``measured``: what the build measured of
+    the layer's break-even on its host, if it did."""
     if layer is None or not layer.is_linear or ratio is None:
         return {"implementation": None, "pruning_ratio": None, "break_even_ratio": None}, None
     table = break_even_table(layer, target, device, placement, METRICS)  # one search for every metric
@@ -91,7 +104,7 @@ def _break_even_fields(layer: LayerConfig | None, ratio: float | None, target, d
         "below_break_even": chosen.ratio is not None and 0 < ratio < chosen.ratio,
     }
     if placement == "cpu":
-        row["measured_host_break_even"] = _measured_cpu_break_even(layer)
+        row["measured_host_break_even"] = measured
     elif target.cpu is not None:  # the other implementation choice on this board: the same layer on its CPU (dense vs CSR)
         other = break_even_table(layer, target, device, "cpu", METRICS)
         row["break_even_on_cpu"] = {metric: (None if be.ratio is None else round(be.ratio, 4)) for metric, be in other.items()}
@@ -102,24 +115,6 @@ def _break_even_fields(layer: LayerConfig | None, ratio: float | None, target, d
         "implementation_reason": reason,
     }
     return fields, row
-
-
-def _measured_cpu_break_even(layer: LayerConfig) -> dict | None:
-    """r* measured on this machine for the layer's shape (edgec.cost.break_even's C benchmark: a
-    SIMD dense kernel against CSR), beside the modelled one, which describes edgec's own dense CPU
-    code (untuned TVM) on the board. A machine without a C compiler gets None."""
-    from edgec.cost.break_even import measure_cpu_break_even
-    from edgec.errors import ToolchainError
-
-    try:
-        measured = measure_cpu_break_even(layer.n_out, layer.n_in, max(1, layer.positions), repeats=3)
-    except ToolchainError:
-        return None
-    return {
-        "ratio": None if measured["break_even_ratio"] is None else round(measured["break_even_ratio"], 4),
-        "machine": measured["cpu_model"],
-        "kernels": "SIMD dense (C, gcc -O3) vs CSR on the build host, not the board",
-    }
 
 
 def _cpu_layer_config(model, node, weights: dict) -> tuple[LayerConfig | None, float | None]:
@@ -156,6 +151,22 @@ def _cpu_layer_config(model, node, weights: dict) -> tuple[LayerConfig | None, f
     return layer, float(np.mean(weight == 0)) if weight.size else 0.0
 
 
+def cpu_weight_layers(planned: list) -> list[tuple[LayerConfig, float]]:
+    """The Dense/Conv layers of the CPU segments as the break-even model sees them, with their
+    pruning ratios (what a build measures the host break-even of)."""
+    found = []
+    for p in planned:
+        if p.segment.placement != "cpu":
+            continue
+        model = p.segment.model
+        effective = {ref.node.name: ref.effective(model) for ref in prunable_layers(model)}
+        for node in model.graph.node:
+            config, ratio = _cpu_layer_config(model, node, effective)
+            if config is not None and ratio is not None:
+                found.append((config, ratio))
+    return found
+
+
 def _word_bits(precision: str | None) -> int:
     """Stream word per value at an FPGA seam: the bundle's AXI-stream wrapper packs one value per word."""
     from edgec.backends.bundle import WORD_BITS, word_bits_for
@@ -180,10 +191,20 @@ class PartitionedCost:
 
 
 def cost_partitioned_design(
-    planned: list, projects: dict, libraries: dict, target, device, options, pruned: bool = False
+    planned: list,
+    projects: dict,
+    libraries: dict,
+    target,
+    device,
+    options,
+    pruned: bool = False,
+    measured: Measurements | None = None,
 ) -> PartitionedCost:
     """Cost every segment, the transfers between them and the whole design (see module docstring).
-    ``pruned``: a pruning pass ran, so layers pruned below their break-even ratio are flagged in the decisions."""
+    ``pruned``: a pruning pass ran, so layers pruned below their break-even ratio are flagged in the
+    decisions. ``measured``: what the build measured on its host (CPU segment latencies, CPU
+    break-even ratios), placed in the report as it is; nothing is measured here."""
+    measured = measured or Measurements()
     from edgec.cost.cpu import cpu_node_costs
 
     layers: list[dict] = []
@@ -233,7 +254,7 @@ def cost_partitioned_design(
                     for hls, cost in pairs
                 ]
             else:
-                from edgec.estimate import layer_report
+                from edgec.pipeline.design import layer_report
 
                 entries = [(layer_report(cost, device.clock_ns), cost) for cost in design.layers]
             for layer_entry, cost in entries:
@@ -347,7 +368,9 @@ def cost_partitioned_design(
                     "placement": "cpu",
                     "segment": seg.name,
                 }
-                fields, row = _break_even_fields(config, ratio, target, device, "cpu")
+                fields, row = _break_even_fields(
+                    config, ratio, target, device, "cpu", measured.cpu_break_even.get(config.name) if config else None
+                )
                 layer_entry.update(fields)
                 if row is not None:
                     table.append(row)
@@ -364,8 +387,8 @@ def cost_partitioned_design(
                     "board_machine": library.board_elf_machine if library is not None else None,
                 }
             )
-            if library is not None:
-                entry["host_latency_ms"] = _host_latency(library, p.x_in)
+            if seg.index in measured.host_latency_ms:
+                entry["host_latency_ms"] = measured.host_latency_ms[seg.index]
         segments.append(entry)
     # Only seams between a CPU and an FPGA segment (or the model's ends) move data over the DMA;
     # with a single FPGA segment every transfer is the model's own input/output.
@@ -386,17 +409,6 @@ def cost_partitioned_design(
         "warnings": [w for d in designs for w in d.warnings],
     }
     return PartitionedCost(layers, sections, partition, decisions, system.get("latency_us", 0.0), system.get("energy_uj", 0.0))
-
-
-def _host_latency(library, x_in) -> dict | None:
-    """Measured batch-1 time of a CPU segment's host build on this machine (TVM's timer)."""
-    from edgec.backends.tvm import HostModule, measure_host_latency
-
-    if x_in is None or not len(x_in):
-        return None
-    module = HostModule.load(library.sidecar)
-    timing = measure_host_latency(module, np.asarray(x_in[:1], dtype=np.float32), repeats=20)
-    return {k: round(float(v), 6) for k, v in timing.items() if isinstance(v, (int, float))}
 
 
 def _merged_totals(designs: list[DesignCost], system: dict, stages: list[dict]) -> dict:
