@@ -1,4 +1,4 @@
-"""The layers of docs/architecture.md hold: no import cycle among edgec's modules (imports inside
+"""The layers of docs/ARCHITECTURE.md hold: no import cycle among edgec's modules (imports inside
 functions count too), no module importing a higher layer, and the README's exit-code table is the
 one edgec.errors defines."""
 
@@ -13,7 +13,7 @@ import edgec.errors
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "edgec"
 
-# face > pipeline > lowering & running > passes & front end > cost > base (docs/architecture.md)
+# face > pipeline > lowering & running > passes & front end > cost > base (docs/ARCHITECTURE.md)
 LAYERS = (
     ("face", lambda m: m in ("edgec", "edgec.cli", "edgec.__main__")),
     ("pipeline", lambda m: m.startswith("edgec.pipeline")),

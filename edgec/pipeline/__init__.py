@@ -2,4 +2,4 @@
 (load, canonicalize, passes, partition, configure, cost, lower, compile, verify, report).
 
 Everything below (passes, partition, cost models, backends, runtime, frontend) is handed what it
-needs by these modules and never imports them (docs/architecture.md, "Layers")."""
+needs by these modules and never imports them (docs/ARCHITECTURE.md, "Layers")."""
