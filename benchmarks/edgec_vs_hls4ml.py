@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import sys
 import tempfile
 import time
 import warnings
@@ -110,7 +109,11 @@ def main(paths: list[Path]) -> None:
 
 
 if __name__ == "__main__":
-    args = [Path(a) for a in sys.argv[1:]] or (
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="*", type=Path, help="ONNX files (default: tests/data, the example, the costval designs)")
+    args = parser.parse_args().models or (
         sorted(DATA.glob("*.onnx"))
         + [Path(__file__).resolve().parent.parent / "examples/models/digits_cnn.onnx"]
         + sorted((DATA / "costval" / "models").glob("*.onnx"))

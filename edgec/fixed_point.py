@@ -118,10 +118,14 @@ TABLE_SPANS = {"Tanh": 8.0, "Sigmoid": 16.0, "Elu": 8.0}
 IDENTITY_ABOVE_ZERO = ("Elu",)
 
 
-def table_input_type(op_type: str, peak: float = 0.0) -> FixedType | None:
+def table_input_type(op_type: str, peak: float = 0.0, output_step_exponent: int | None = None) -> FixedType | None:
     """The signed fixed-point type whose grid is the table's index grid and whose range is the
     table's span, for a table activation (None for others). For ELU, which passes positive inputs
-    through, the range also holds ``peak`` (the largest input magnitude calibrated)."""
+    through, the range also holds ``peak`` (the largest input magnitude calibrated), and the grid
+    is no finer than half the step of the quantizer after it (``output_step_exponent``): a grid
+    coarser than the table's still indexes exact entries (its steps are whole table steps), and the
+    index arithmetic is then as narrow as the quantized values (ELU's slope is at most 1, so the
+    output moves by at most a quarter of its step)."""
     span = TABLE_SPANS.get(op_type)
     if span is None:
         return None
@@ -130,6 +134,8 @@ def table_input_type(op_type: str, peak: float = 0.0) -> FixedType | None:
     if op_type in IDENTITY_ABOVE_ZERO:
         # [-span, span) at least, and the calibrated peak
         integer = max(integer + 1, math.ceil(math.log2(max(peak, 1e-30))) + 1 if peak > 0 else 0)
+        if output_step_exponent is not None:
+            step_exponent = max(step_exponent, output_step_exponent - 1)
     return FixedType(integer - step_exponent, integer, True)
 
 

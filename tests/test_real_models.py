@@ -573,3 +573,29 @@ def test_ptq_is_exact_through_leaky_relu_and_elu_and_costs_no_more(tmp_path):
     ver = report["verification"]
     assert ver["bit_exact"] is True and ver["max_lsb_error"] == 0.0, ver
     assert report["quantization_cost"]["no_worse"] is True, report["quantization_cost"]
+
+
+def test_an_activation_reads_the_quantizer_in_front_of_it_not_the_sum():
+    """Dense -> its own quantizer (ELU's table grid) -> ELU -> quantizer: hls4ml types the Dense's
+    result as that first quantizer, so the ELU's index arithmetic is that wide (the cost model once
+    charged it for the accumulator's 20-odd bits: +3% LUT on a fresh check model)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from edgec.frontend.canonicalize import canonicalize
+    from edgec.passes.quant.registry import run_quantization
+    from edgec.pipeline.design import DesignOptions, cost_layers, plan_design
+    from edgec.targets import load_target
+
+    model = _slope_model(0.3)
+    leaky = next(n for n in model.graph.node if n.op_type == "LeakyRelu")
+    leaky.op_type, leaky.name = "Elu", "elu"
+    for a in leaky.attribute:
+        a.f = 1.0
+    x = np.random.default_rng(0).normal(size=(64, 6)).astype(np.float32)
+    quantized, records = run_quantization(ModelWrapper(model), ["fixed:bits=8"], x, None)
+    grid = next(t for name, t in records[0]["quantizers"].items() if name.endswith("_table_grid"))
+    canonical = canonicalize(quantized, for_estimate=True)
+    plan = plan_design(canonical.model, x, load_target("pynq-z2"), DesignOptions(), 16)
+    elu = next(layer for layer in cost_layers(canonical.model, plan, plan.io_type, DesignOptions()) if layer.op == "Elu")
+    width = int(grid.split("<")[1].split(",")[0])
+    assert elu.input_bits == width < 16

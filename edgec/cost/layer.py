@@ -263,7 +263,8 @@ def layers_from_onnx(
                     out_tensor = consumers[0].output[0]
             # A quantizer right after only sets the output type (hls4ml folds it).
             consumers = model.find_consumers(out_tensor) or []
-            if len(consumers) == 1 and consumers[0].op_type in QUANTIZER_OPS and settings.precision is None:
+            own_quantizer = len(consumers) == 1 and consumers[0].op_type in QUANTIZER_OPS and settings.precision is None
+            if own_quantizer:
                 consumed.add(consumers[0].name)
                 out_tensor = consumers[0].output[0]
             out_shape = _shape(model, out_tensor)
@@ -317,7 +318,7 @@ def layers_from_onnx(
                 reader = _single_consumer(model, out_tensor)
                 while reader is not None and reader.op_type in WIRING_OPS:  # reshapes only move values
                     reader = _single_consumer(model, reader.output[0])
-                if _quantizer_after(model, reader) is not None:
+                if not own_quantizer and _quantizer_after(model, reader) is not None:
                     # the activation after it takes the quantizer's type; this layer hands it the
                     # exact sum (the backend types it as the accumulator: no rounding before the quantizer)
                     layer.result_bits = acc.width

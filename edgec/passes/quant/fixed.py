@@ -232,7 +232,7 @@ class FixedPointQuantization(QuantizationPass):
         self._point_bits = self._widths_of_points(model, layers, points)
         weight_exp = {ref.name: self._quantize_weights(model, ref, ranges[ref.tensor]) for ref in layers}
         act_types = self._quantize_activations(model, points, ranges)
-        act_types.update(self._quantize_table_inputs(model, ranges))
+        act_types.update(self._quantize_table_inputs(model, ranges, act_types))
         for ref in layers:
             self._quantize_bias_and_record(model, ref, weight_exp[ref.name], act_types, ranges)
         if not any(op.domain == QONNX_DOMAIN for op in model.model.opset_import):
@@ -397,18 +397,25 @@ class FixedPointQuantization(QuantizationPass):
             self.record.quantizers[tensor] = quant_type(bits, e, signed).hls4ml()
         return chosen
 
-    def _quantize_table_inputs(self, model: ModelWrapper, ranges: dict[str, TensorRange]) -> dict[str, tuple[int, bool]]:
+    def _quantize_table_inputs(
+        self, model: ModelWrapper, ranges: dict[str, TensorRange], act_types: dict[str, tuple[int, bool]]
+    ) -> dict[str, tuple[int, bool]]:
         """A quantizer on the grid of the activation's table in front of each Tanh/Sigmoid/ELU
         (hls4ml computes them by table look-up): the look-up is then exact, where a wider input
-        would be truncated to a table entry and miss the quantized reference. Returns tensor ->
-        (exponent, signed)."""
+        would be truncated to a table entry and miss the quantized reference. ``act_types``: the
+        activation quantizers already placed (ELU's grid follows the one after it). Returns
+        tensor -> (exponent, signed)."""
         chosen: dict[str, tuple[int, bool]] = {}
         for node in list(model.graph.node):
             if not node.input:
                 continue
             observed = ranges.get(node.input[0])
             peak = max(abs(observed.min), abs(observed.max)) if observed is not None else 0.0
-            grid = table_input_type(node.op_type, peak)
+            after = model.find_consumers(node.output[0]) or [] if node.output else []
+            output_exponent = None
+            if len(after) == 1 and after[0].op_type == "Quant" and after[0].output[0] in act_types:
+                output_exponent = act_types[after[0].output[0]][0]
+            grid = table_input_type(node.op_type, peak, output_exponent)
             if grid is None:
                 continue
             producer = model.find_producer(node.input[0])
